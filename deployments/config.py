@@ -1,0 +1,190 @@
+"""The application's config schema: what `serve deploy config.yaml` passes as app args.
+
+Pure pydantic (no Ray, no vLLM import), validated in the CLI before anything starts and again
+in the app builder, so a bad config fails at once with one message naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SHARED_PREFILL_POOL = "shared"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineOptions(_Strict):
+    """The vLLM engine knobs a pool sets; anything else goes through ``extra``."""
+
+    max_model_len: int = Field(2048, ge=16, description="Longest prompt + output, in tokens.")
+    kv_cache_space_gib: float = Field(
+        1.0, gt=0, description="KV cache memory per engine (VLLM_CPU_KVCACHE_SPACE on CPU)."
+    )
+    block_size: int = Field(128, description="KV block size in tokens; prefill and decode must agree.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_num_seqs: int = Field(32, ge=1, description="Most requests one engine runs at once.")
+    max_num_batched_tokens: int | None = Field(None, ge=16)
+    enforce_eager: bool = True
+    cpu_threads: int = Field(
+        1, ge=1, description="OpenMP threads per engine on CPU (VLLM_CPU_OMP_THREADS_BIND)."
+    )
+    kv_lease_duration_s: int = Field(
+        30, ge=1, description="How long prefill holds a request's blocks for the decode pull."
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to vLLM's AsyncEngineArgs as is."
+    )
+
+
+class PoolOptions(_Strict):
+    """One Serve deployment of engines."""
+
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(
+        0, ge=0, description="Ray CPUs per replica; 0 so engines do not starve a small cluster."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources (node-pool placement)."
+    )
+    max_ongoing_requests: int = Field(32, ge=1)
+    engine: EngineOptions = Field(default_factory=EngineOptions)
+
+
+class PrefillPoolConfig(PoolOptions):
+    model: str | None = Field(
+        None, description="Checkpoint this pool prefills with; default: the base model."
+    )
+
+
+class LoraPoolConfig(PoolOptions):
+    max_lora_rank: int = Field(16, ge=1)
+    max_loras: int = Field(4, ge=1)
+
+
+class RoleConfig(_Strict):
+    """One agent role: an OpenAI `model` name backed by a decoder."""
+
+    name: str
+    decoder: str | None = Field(
+        None, description="Decoder checkpoint (folder or alias); default: the base model."
+    )
+    lora_adapter: str | None = Field(
+        None, description="A PEFT adapter folder: served by the shared LoRA decode pool."
+    )
+    decode_pool: PoolOptions = Field(default_factory=PoolOptions)
+    prefill_pool: str = Field(
+        SHARED_PREFILL_POOL,
+        description="Which prefill pool builds this role's KV (baseline: the role's own).",
+    )
+    instructions: str | None = Field(
+        None, description="Role-specific text placed after the shared context."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("role names are letters, digits, '_' or '-', starting with a letter")
+        return v
+
+    @model_validator(mode="after")
+    def _one_decoder(self) -> RoleConfig:
+        if self.decoder and self.lora_adapter:
+            raise ValueError("a role has either `decoder` or `lora_adapter`, not both")
+        return self
+
+
+class RoutingConfig(_Strict):
+    session_header: str = "x-session-id"
+    load_bound: float = Field(
+        1.5, gt=1.0, description="A replica above this multiple of the mean load is skipped."
+    )
+    max_retries: int = Field(2, ge=0, description="Retries on another replica after a replica dies.")
+
+
+class TimeoutsConfig(_Strict):
+    prefill_s: float = Field(120, gt=0)
+    first_token_s: float = Field(120, gt=0, description="KV pull + first decode token.")
+    request_s: float = Field(600, gt=0)
+
+
+class AppConfig(_Strict):
+    """The whole application: `args:` of config.yaml."""
+
+    base_model: str = Field("smollm2", description="Frozen base checkpoint (folder or alias).")
+    prefill_pools: dict[str, PrefillPoolConfig] = Field(
+        default_factory=lambda: {SHARED_PREFILL_POOL: PrefillPoolConfig()}
+    )
+    roles: list[RoleConfig] = Field(min_length=1)
+    lora_pool: LoraPoolConfig | None = None
+    decode_kv_mode: Literal["exact", "reuse"] = Field(
+        "exact",
+        description="exact: decode engines never reuse their own KV (every context token carries "
+        "base KV, the paper's semantics); reuse: decode-side prefix caching, fewer bytes pulled.",
+    )
+    kv_load_failure_policy: Literal["fail", "recompute"] = Field(
+        "fail", description="On a failed KV pull: fail the request (5xx) or recompute locally."
+    )
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    ingress_replicas: int = Field(1, ge=1)
+    check_kv_compat: bool = Field(
+        True, description="Compare decoder and prefill model KV layouts before serving."
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> AppConfig:
+        names = [r.name for r in self.roles]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"roles: duplicate role names {dupes}")
+        for name in self.prefill_pools:
+            if not _NAME.match(name):
+                raise ValueError(f"prefill_pools: bad pool name {name!r}")
+        for role in self.roles:
+            if role.prefill_pool not in self.prefill_pools:
+                raise ValueError(
+                    f"roles.{role.name}.prefill_pool: no prefill pool named {role.prefill_pool!r} "
+                    f"(have {sorted(self.prefill_pools)})"
+                )
+            if role.lora_adapter and self.lora_pool is None:
+                raise ValueError(f"roles.{role.name}.lora_adapter needs a `lora_pool` section")
+            pool = self.prefill_pools[role.prefill_pool]
+            if role.decode_pool.engine.block_size != pool.engine.block_size:
+                raise ValueError(
+                    f"roles.{role.name}.decode_pool.engine.block_size "
+                    f"({role.decode_pool.engine.block_size}) must equal prefill pool "
+                    f"{role.prefill_pool!r} block_size ({pool.engine.block_size})"
+                )
+        return self
+
+    def prefill_model(self, pool: str) -> str:
+        return self.prefill_pools[pool].model or self.base_model
+
+    def decoder_model(self, role: RoleConfig) -> str:
+        return role.decoder or self.base_model
+
+    def role(self, name: str) -> RoleConfig:
+        for r in self.roles:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+def format_validation_error(exc: Exception) -> str:
+    """One line per problem, each naming the field path, for CLI and builder errors."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(config)"
+        lines.append(f"{loc}: {err['msg']}")
+    return "invalid config: " + "; ".join(lines)
