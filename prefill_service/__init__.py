@@ -1,0 +1,1 @@
+"""The prefill pool: Serve replicas running the frozen base model as NIXL KV producers."""

@@ -1,0 +1,80 @@
+"""The Serve application builder: ``import_path: deployments.app:build_app`` in config.yaml.
+
+Runs where Serve builds the app (the `serve deploy` build task, or the caller of serve.run).
+It validates the args against deployments.config.AppConfig, plans the engines
+(deployments.plan) and binds one Serve deployment per prefill pool, one per decode pool and
+the ingress.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from ray import serve
+from ray.serve import Application
+
+from decode_service.server import DecodeServer
+from deployments.config import AppConfig, format_validation_error
+from deployments.plan import DeploymentPlan, EnginePool, make_plan
+from prefill_service.server import PrefillServer
+from router_service.ingress import RouterIngress
+
+# Engines take 30-70 s to start on a loaded 2-core box; Serve's default health timeouts
+# would kill them mid-start.
+_HEALTH = {"health_check_period_s": 10, "health_check_timeout_s": 60,
+           "graceful_shutdown_timeout_s": 20}
+
+
+class ConfigError(ValueError):
+    """A bad application config; the message names the field."""
+
+
+def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
+    if isinstance(args, AppConfig):
+        return args
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def _engine_deployment(cls: type, pool: EnginePool) -> Any:
+    actor_options: dict[str, Any] = {"num_cpus": pool.options.num_cpus}
+    if pool.options.resources:
+        actor_options["resources"] = dict(pool.options.resources)
+    return serve.deployment(cls).options(
+        name=pool.name,
+        num_replicas=pool.options.replicas,
+        max_ongoing_requests=pool.options.max_ongoing_requests,
+        ray_actor_options=actor_options,
+        **_HEALTH,
+    )
+
+
+def bind_plan(cfg: AppConfig, plan: DeploymentPlan) -> Application:
+    prefill = {p.name: _engine_deployment(PrefillServer, p).bind(p.spec, p.pool, p.core_offset)
+               for p in plan.prefill}
+    decode = {
+        d.name: _engine_deployment(DecodeServer, d).bind(d.spec, d.pool, d.core_offset,
+                                                         d.lora_adapters)
+        for d in plan.decode
+    }
+    roles = [
+        {"role": r.role, "prefill_deployment": r.prefill_deployment,
+         "decode_deployment": r.decode_deployment, "lora_name": r.lora_name,
+         "instructions": r.instructions}
+        for r in plan.roles
+    ]
+    # The API refuses prompts no engine on the path can hold.
+    max_len = min(p.spec.options.max_model_len for p in (*plan.prefill, *plan.decode))
+    ingress = serve.deployment(RouterIngress).options(
+        name="router", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+    )
+    return ingress.bind(cfg.model_dump(mode="json"), roles, plan.base_model, max_len, prefill, decode)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    cfg = load_config(args)
+    return bind_plan(cfg, make_plan(cfg))

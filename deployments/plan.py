@@ -1,0 +1,128 @@
+"""From a validated AppConfig to the deployments to create: which engines, with which specs,
+and where each role's requests go. Pure (no Ray): the app builder turns a plan into Serve
+deployments, and tests inspect plans directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deployments.config import AppConfig, PoolOptions, RoleConfig
+from deployments.kv_compat import check_kv_compatible
+from deployments.model_assets import resolve_model
+from vllm_runtime.engine_args import EngineSpec
+
+LORA_POOL = "lora"
+
+
+@dataclass(frozen=True)
+class EnginePool:
+    """One Serve deployment of identical engines."""
+
+    name: str  # the Serve deployment name
+    pool: str  # the pool name inside the app (a prefill pool, a role, or "lora")
+    spec: EngineSpec
+    options: PoolOptions
+    core_offset: int  # first CPU core index of this pool's engines
+    lora_adapters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    role: str
+    prefill_deployment: str
+    decode_deployment: str
+    lora_name: str | None
+    instructions: str | None
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    prefill: tuple[EnginePool, ...]
+    decode: tuple[EnginePool, ...]
+    roles: tuple[RolePlan, ...]
+    base_model: str  # resolved folder: the tokenizer and chat template come from here
+
+
+def make_plan(cfg: AppConfig) -> DeploymentPlan:
+    base = resolve_model(cfg.base_model)
+    core = 0
+    prefill: list[EnginePool] = []
+    prefill_models: dict[str, str] = {}
+    for name, pool in cfg.prefill_pools.items():
+        model = resolve_model(cfg.prefill_model(name))
+        prefill_models[name] = model
+        spec = EngineSpec(model=model, side="producer", options=pool.engine,
+                          prefix_caching=True, engine_id=f"prefill-{name}")
+        prefill.append(EnginePool(f"prefill-{name}", name, spec, pool, core))
+        core += pool.replicas * pool.engine.cpu_threads
+
+    decode: list[EnginePool] = []
+    roles: list[RolePlan] = []
+    lora_roles = [r for r in cfg.roles if r.lora_adapter]
+    for role in cfg.roles:
+        if role.lora_adapter:
+            continue
+        model = resolve_model(cfg.decoder_model(role))
+        spec = _decode_spec(cfg, role, model, prefill_models[role.prefill_pool],
+                            cfg.prefill_pools[role.prefill_pool].engine.dtype)
+        decode.append(EnginePool(f"decode-{role.name}", role.name, spec, role.decode_pool, core))
+        core += role.decode_pool.replicas * role.decode_pool.engine.cpu_threads
+        roles.append(RolePlan(role.name, f"prefill-{role.prefill_pool}", f"decode-{role.name}",
+                              None, role.instructions))
+    if lora_roles:
+        assert cfg.lora_pool is not None  # the schema guarantees it
+        lp = cfg.lora_pool
+        pools = {r.prefill_pool for r in lora_roles}
+        for pool_name in pools:
+            _check_pair(cfg, base, prefill_models[pool_name], lp.engine.dtype,
+                        cfg.prefill_pools[pool_name].engine.dtype, "lora_pool")
+        spec = EngineSpec(model=base, side="consumer", options=lp.engine,
+                          prefix_caching=cfg.decode_kv_mode == "reuse",
+                          engine_id=f"decode-{LORA_POOL}",
+                          kv_load_failure_policy=cfg.kv_load_failure_policy,
+                          enforce_handshake_compat=all(prefill_models[p] == base for p in pools),
+                          lora=(lp.max_lora_rank, lp.max_loras))
+        adapters = {r.name: str(resolve_adapter(r.lora_adapter)) for r in lora_roles
+                    if r.lora_adapter}
+        decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters))
+        for r in lora_roles:
+            roles.append(RolePlan(r.name, f"prefill-{r.prefill_pool}", f"decode-{LORA_POOL}",
+                                  r.name, r.instructions))
+    order = {r.name: i for i, r in enumerate(cfg.roles)}
+    roles.sort(key=lambda r: order[r.role])
+    return DeploymentPlan(tuple(prefill), tuple(decode), tuple(roles), base)
+
+
+def _decode_spec(cfg: AppConfig, role: RoleConfig, model: str, prefill_model: str,
+                 prefill_dtype: str) -> EngineSpec:
+    same_checkpoint = model == prefill_model
+    if not same_checkpoint:
+        _check_pair(cfg, model, prefill_model, role.decode_pool.engine.dtype, prefill_dtype,
+                    f"roles.{role.name}.decoder")
+    return EngineSpec(
+        model=model,
+        side="consumer",
+        options=role.decode_pool.engine,
+        # exact: a decode engine never reuses KV it holds, so every context token carries
+        # base KV pulled from prefill (its own generated tokens' KV is never reused).
+        prefix_caching=cfg.decode_kv_mode == "reuse",
+        engine_id=f"decode-{role.name}",
+        kv_load_failure_policy=cfg.kv_load_failure_policy,
+        enforce_handshake_compat=same_checkpoint,
+    )
+
+
+def _check_pair(cfg: AppConfig, decoder: str, prefill: str, decoder_dtype: str,
+                prefill_dtype: str, where: str) -> None:
+    if cfg.check_kv_compat:
+        check_kv_compatible(prefill, prefill_dtype, decoder, decoder_dtype, where=where)
+
+
+def resolve_adapter(path: str):
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not (p / "adapter_config.json").exists():
+        raise FileNotFoundError(f"LoRA adapter {path!r} has no adapter_config.json")
+    return p.resolve()

@@ -1,0 +1,64 @@
+"""RouterIngress: the Serve ingress deployment (FastAPI, OpenAI-compatible).
+
+Runs in the ingress replica(s). It owns the base tokenizer (every role's prompt is built with
+the base chat template, so the shared context is a common token prefix) and the P/D pipeline
+over handles to the prefill and decode deployments. The HTTP surface itself is
+router_service.api.build_api; this class only wires it to Serve.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import serve
+
+from router_service.api import RoleSpec, build_api
+from router_service.pd_backend import PrefillShareBackend, RoleRoute, StageTimeouts
+from router_service.serve_clients import ServeDecodeClient, ServePrefillClient
+
+log = logging.getLogger(__name__)
+
+
+@serve.ingress()
+class RouterIngress:
+    def __init__(self, app_config: dict[str, Any], roles: list[dict[str, Any]], base_model: str,
+                 max_model_len: int, prefill_handles: dict[str, Any],
+                 decode_handles: dict[str, Any]) -> None:
+        from transformers import AutoTokenizer
+
+        from deployments.config import AppConfig
+
+        self.config = AppConfig.model_validate(app_config)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        prefill = {name: ServePrefillClient(h) for name, h in prefill_handles.items()}
+        decode = {name: ServeDecodeClient(h) for name, h in decode_handles.items()}
+        routes = {
+            r["role"]: RoleRoute(prefill[r["prefill_deployment"]], decode[r["decode_deployment"]],
+                                 r["lora_name"])
+            for r in roles
+        }
+        t = self.config.timeouts
+        self.backend = PrefillShareBackend(
+            routes, StageTimeouts(t.prefill_s, t.first_token_s, t.request_s),
+            max_retries=self.config.routing.max_retries,
+        )
+        self.roles = [RoleSpec(name=r["role"], instructions=r["instructions"]) for r in roles]
+        self.max_model_len = max_model_len
+        self.prefill_handles = prefill_handles
+        self.decode_handles = decode_handles
+
+    def __serve_build_asgi_app__(self) -> Any:
+        app = build_api(self.backend, self.roles, self.tokenizer, self.max_model_len,
+                        self.config.routing.session_header)
+
+        @app.get("/stats")
+        async def stats() -> dict[str, Any]:
+            """Per-engine counters (prefix-cache hits, KV transfers) of one replica per pool."""
+            out: dict[str, Any] = {"retries": self.backend.retries, "prefill": {}, "decode": {}}
+            for kind, handles in (("prefill", self.prefill_handles), ("decode", self.decode_handles)):
+                for name, h in handles.items():
+                    out[kind][name] = await h.stats.remote()
+            return out
+
+        return app

@@ -1,0 +1,70 @@
+"""PrefillClient / DecodeClient over Ray Serve deployment handles (the Ray glue of the P/D
+pipeline). Runs in the ingress replica. Replica deaths become ``ReplicaGone`` so the pipeline
+can retry; the session id rides along for the request routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from router_service.backend import GenerationDelta, SamplingSpec
+from router_service.pd_backend import ReplicaGone
+
+
+def _is_replica_loss(exc: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """Errors raised inside a replica arrive wrapped in RayTaskError: give back the cause."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(exc, RayTaskError):
+        cause = exc.as_instanceof_cause()
+        inner = getattr(exc, "cause", None)
+        return inner if isinstance(inner, BaseException) else cause
+    return exc
+
+
+class ServePrefillClient:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def prefill(self, request_id: str, prompt_token_ids: list[int],
+                      session_id: str | None) -> Any:
+        h = self.handle.options(session_id=session_id) if session_id else self.handle
+        try:
+            return await h.prefill.remote(request_id, prompt_token_ids)
+        except Exception as exc:
+            if _is_replica_loss(exc):
+                raise ReplicaGone(str(exc)) from exc
+            raise _unwrap(exc) from None
+
+
+class ServeDecodeClient:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingSpec,
+                       kv_transfer_params: dict[str, Any], lora_name: str | None,
+                       session_id: str | None) -> AsyncIterator[GenerationDelta]:
+        h = self.handle.options(stream=True)
+        if session_id:
+            h = h.options(session_id=session_id)
+        gen = h.generate.remote(request_id, prompt_token_ids, sampling, kv_transfer_params, lora_name)
+        try:
+            async for delta in gen:
+                yield delta
+        except Exception as exc:
+            if _is_replica_loss(exc):
+                raise ReplicaGone(str(exc)) from exc
+            raise _unwrap(exc) from None
+        finally:
+            # Leaving early (client gone, timeout) cancels the call in the decode replica,
+            # whose engine then aborts the request and frees its blocks.
+            gen.cancel()
+
+    async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
+        await self.handle.release.remote(request_id, kv_transfer_params)

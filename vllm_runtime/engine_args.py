@@ -1,0 +1,70 @@
+"""Turns the app config into vLLM AsyncEngineArgs for a prefill (KV producer) or decode
+(KV consumer) engine. Pure: builds plain dicts; the replica turns them into AsyncEngineArgs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from deployments.config import EngineOptions
+
+KvSide = Literal["producer", "consumer"]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything one engine needs, picklable, built by the app builder."""
+
+    model: str
+    side: KvSide
+    options: EngineOptions
+    prefix_caching: bool
+    engine_id: str
+    kv_load_failure_policy: Literal["fail", "recompute"] = "fail"
+    # False only after deployments.kv_compat has checked the two checkpoints by hand.
+    enforce_handshake_compat: bool = True
+    lora: tuple[int, int] | None = None  # (max_lora_rank, max_loras) when serving adapters
+    served_model_name: str | None = None
+
+
+def engine_kwargs(spec: EngineSpec, *, on_cpu: bool) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.AsyncEngineArgs``."""
+    opts = spec.options
+    extra_config: dict[str, Any] = {
+        "kv_lease_duration": opts.kv_lease_duration_s,
+    }
+    if not spec.enforce_handshake_compat:
+        extra_config["enforce_handshake_compat"] = False
+    kv_transfer = {
+        "kv_connector": "NixlConnector",
+        # kv_both on both sides, as vLLM's own P/D examples do; the request's
+        # kv_transfer_params decide who produces and who consumes.
+        "kv_role": "kv_both",
+        "engine_id": spec.engine_id,
+        "kv_buffer_device": "cpu" if on_cpu else "cuda",
+        "kv_connector_extra_config": extra_config,
+        "kv_load_failure_policy": spec.kv_load_failure_policy,
+    }
+    kwargs: dict[str, Any] = {
+        "model": spec.model,
+        "tokenizer": spec.model,
+        "served_model_name": spec.served_model_name or spec.model,
+        "dtype": opts.dtype,
+        "max_model_len": opts.max_model_len,
+        "block_size": opts.block_size,
+        "max_num_seqs": opts.max_num_seqs,
+        "enforce_eager": opts.enforce_eager,
+        "enable_prefix_caching": spec.prefix_caching,
+        "kv_transfer_config": kv_transfer,
+        "disable_log_stats": False,
+    }
+    if opts.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = opts.max_num_batched_tokens
+    if not on_cpu:
+        kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_space_gib * (1 << 30))
+    if spec.lora is not None:
+        rank, count = spec.lora
+        kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=count)
+    kwargs.update(opts.extra)
+    return kwargs

@@ -1,0 +1,106 @@
+"""One vLLM AsyncLLM inside one Serve replica: start, generate, abort, report.
+
+Runs in the replica process. The prefill and decode servers each own an ``EngineHost``; the
+host sets the replica's environment (ports, KV space, loopback-only networking) before vLLM
+reads it, and counts what the engine does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from vllm_runtime import replica_env
+from vllm_runtime.engine_args import EngineSpec, engine_kwargs
+from vllm_runtime.engine_stats import EngineCounters, stat_logger_factory
+
+log = logging.getLogger(__name__)
+
+
+class EngineHost:
+    def __init__(self, spec: EngineSpec, *, core_index: int = 0) -> None:
+        started = time.perf_counter()
+        self.spec = spec
+        self.on_cpu = replica_env.on_cpu_platform()
+        self.host = replica_env.node_host()
+        self.side_channel_port = replica_env.free_port(self.host)
+        replica_env.apply(
+            replica_env.engine_environment(
+                host=self.host,
+                side_channel_port=self.side_channel_port,
+                kv_cache_space_gib=spec.options.kv_cache_space_gib,
+                cpu_threads_bind=replica_env.cpu_bind_for(core_index, spec.options.cpu_threads),
+                on_cpu=self.on_cpu,
+            )
+        )
+        from vllm.config import KVTransferConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        kwargs = engine_kwargs(spec, on_cpu=self.on_cpu)
+        kwargs["kv_transfer_config"] = KVTransferConfig(**kwargs["kv_transfer_config"])
+        self.counters = EngineCounters()
+        self.engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self.counters)]
+        )
+        self.start_s = time.perf_counter() - started
+        self.requests_started = 0
+        self.requests_finished = 0
+        self.requests_aborted = 0
+        log.info(
+            "engine %s (%s, %s) ready in %.1fs, NIXL side channel %s:%d",
+            spec.engine_id, spec.side, spec.model, self.start_s, self.host, self.side_channel_port,
+        )
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        sampling_params: Any,
+        request_id: str | None = None,
+        lora_request: Any = None,
+    ) -> AsyncIterator[Any]:
+        """Yields vLLM RequestOutputs; closing the iterator early aborts the request."""
+        from vllm.inputs import TokensPrompt
+
+        rid = request_id or uuid.uuid4().hex
+        self.requests_started += 1
+        finished = False
+        try:
+            async for out in self.engine.generate(
+                TokensPrompt(prompt_token_ids=list(prompt_token_ids)),
+                sampling_params,
+                rid,
+                lora_request=lora_request,
+            ):
+                finished = out.finished
+                yield out
+        finally:
+            if finished:
+                self.requests_finished += 1
+            else:
+                # The caller went away (client disconnect, timeout): free the engine's blocks.
+                self.requests_aborted += 1
+                await self.engine.abort(rid)
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "engine_id": self.spec.engine_id,
+            "side": self.spec.side,
+            "model": self.spec.model,
+            "pid": os.getpid(),
+            "start_s": self.start_s,
+            "requests_started": self.requests_started,
+            "requests_finished": self.requests_finished,
+            "requests_aborted": self.requests_aborted,
+            **self.counters.snapshot(),
+        }
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

@@ -1,0 +1,82 @@
+"""Environment a Serve replica sets before it starts its vLLM engine.
+
+Every engine on a host needs its own NIXL side-channel port (vLLM's default 5600 collides),
+and on CPU its own KV space and thread binding; all traffic stays on the node's own address
+(127.0.0.1 on a dev box). vLLM reads these from os.environ when the engine starts, and its
+EngineCore subprocess inherits them, so they are set in the replica process itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReplicaNetwork:
+    host: str
+    side_channel_port: int
+
+
+def free_port(host: str) -> int:
+    """A port free on ``host`` right now (the OS picks it; a tiny race is acceptable here
+    because vLLM fails loudly if it cannot bind, and Serve restarts the replica)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def node_host() -> str:
+    """The address engines bind to: PREFILLSHARE_HOST, else VLLM_HOST_IP, else loopback."""
+    return os.environ.get("PREFILLSHARE_HOST") or os.environ.get("VLLM_HOST_IP") or "127.0.0.1"
+
+
+def engine_environment(
+    *,
+    host: str,
+    side_channel_port: int,
+    kv_cache_space_gib: float,
+    cpu_threads_bind: str,
+    on_cpu: bool,
+) -> dict[str, str]:
+    env = {
+        "VLLM_HOST_IP": host,
+        "VLLM_NIXL_SIDE_CHANNEL_HOST": host,
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(side_channel_port),
+        # vLLM picks spawn itself inside Ray actors; being explicit avoids fork-after-threads.
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+    }
+    if on_cpu:
+        env.update(
+            {
+                "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_space_gib))),
+                "VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind,
+                # UCX on one host: tcp over lo plus shared memory; "self,sm" alone fails.
+                "UCX_TLS": os.environ.get("UCX_TLS", "tcp,sm,self"),
+                "UCX_NET_DEVICES": os.environ.get("UCX_NET_DEVICES", "lo"),
+            }
+        )
+    return env
+
+
+def cpu_bind_for(replica_index: int, threads: int, num_cores: int | None = None) -> str:
+    """Spreads engines over the cores round-robin: engine i gets cores starting at i*threads."""
+    cores = num_cores or os.cpu_count() or 1
+    threads = min(threads, cores)
+    start = (replica_index * threads) % cores
+    picked = [(start + k) % cores for k in range(threads)]
+    return ",".join(str(c) for c in picked)
+
+
+def apply(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def on_cpu_platform() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except ImportError:
+        return True
