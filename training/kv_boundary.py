@@ -102,7 +102,8 @@ class BoundaryBatch:
     decoder_mask: torch.Tensor  # (B, L)
     decoder_positions: torch.Tensor  # (B, L) absolute positions k_i, k_i + 1, ...
     target_index: torch.Tensor  # (B, M) decoder column whose output predicts y_j
-    response_mask: torch.Tensor  # (B, M) 1 where y_j exists (left-justified)
+    targets: torch.Tensor  # (B, M) y_j, left-justified, 0 in pad slots
+    response_mask: torch.Tensor  # (B, M) 1 where y_j exists
 
 
 def layout_batch(
@@ -129,6 +130,7 @@ def layout_batch(
     dec_ids, dec_mask = _right_pad(dec_rows, pad_id)
     cols = torch.arange(dec_ids.shape[1])
     positions = torch.tensor(starts).unsqueeze(1) + cols  # (B, L)
+    targets, _ = _right_pad([list(r) for r in responses], pad_id=0)
     m = max(resp_lens)
     j = torch.arange(m)
     response_mask = (j < torch.tensor(resp_lens).unsqueeze(1)).long()  # (B, M)
@@ -141,6 +143,7 @@ def layout_batch(
         decoder_mask=dec_mask.to(device),
         decoder_positions=positions.to(device),
         target_index=target_index.to(device),
+        targets=targets.to(device),
         response_mask=response_mask.to(device),
     )
 

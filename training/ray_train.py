@@ -1,0 +1,147 @@
+"""Ray Train glue: TorchTrainer runs training/loop.py in N data-parallel workers.
+
+The driver (CLI process) builds the trainer; each Ray Train worker process loads the frozen
+base and its decoder copy, trains its strided share of each global batch, and all-reduces
+gradients with torch.distributed (gloo on CPU, nccl on GPU). Checkpoints go through
+ray.train.report; re-running with the same run name and storage dir resumes from the latest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import TrainConfig
+from training.data import TokenizedExample, tokenize_examples
+from training.loop import WorkerEnv, total_steps, train_decoder
+from training.models import export_decoder, load_base, make_decoder, model_identity
+from training.tasks import get_task
+
+log = logging.getLogger(__name__)
+_STATE_FILE = "state.pt"
+
+
+class RayCheckpointStore:
+    """CheckpointStore over ray.train: every report is a barrier, so all workers call save."""
+
+    def latest(self) -> dict[str, Any] | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return torch.load(Path(folder) / _STATE_FILE, weights_only=False)
+
+    def save(self, step: int, state: dict[str, Any] | None, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / _STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def load_training_data(cfg: TrainConfig, tokenizer) -> list[TokenizedExample]:
+    task = get_task(cfg.task.name, cfg.task.multi_turn_fraction)
+    examples = task.load("train", cfg.task.train_limit, cfg.task.seed)
+    return tokenize_examples(tokenizer, examples, cfg.max_length)
+
+
+def _allreduce_sum(tensors: list[torch.Tensor]) -> None:
+    import torch.distributed as dist
+
+    # One flat buffer: one collective per step instead of one per parameter.
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def worker_main(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker process."""
+    import ray.train
+    import ray.train.torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = TrainConfig.model_validate(config)
+    torch.set_num_threads(cfg.threads_per_worker)
+    torch.manual_seed(cfg.seed)
+    context = ray.train.get_context()
+    env = WorkerEnv(
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        device=ray.train.torch.get_device(),
+        allreduce=_allreduce_sum if context.get_world_size() > 1 else None,
+    )
+    base, tokenizer, base_path = load_base(cfg.base_model)
+    decoder = make_decoder(base_path, cfg.mode, cfg.lora, cfg.seed).to(env.device)
+    # The conventional baseline never reads base KV: free the memory.
+    base = base.to(env.device) if cfg.boundary_ratio > 0 else None
+    data = load_training_data(cfg, tokenizer)
+    t0 = time.perf_counter()
+    losses = train_decoder(cfg, base, decoder, data, RayCheckpointStore(), env)
+    if env.rank == 0:
+        record = {
+            "format": 1,
+            "kind": "lora" if cfg.mode == "prefillshare_lora" else "full",
+            "mode": cfg.mode,
+            "sharing_ratio": cfg.boundary_ratio,
+            "base": model_identity(base_path),
+            "steps": total_steps(cfg, len(data)),
+            "examples": len(data),
+            "final_losses": losses[-10:],
+            "seconds_this_run": round(time.perf_counter() - t0, 1),
+            "seconds_per_step_this_run": round((time.perf_counter() - t0) / max(1, len(losses)), 3),
+            "train_config": cfg.model_dump(mode="json"),
+        }
+        export_decoder(decoder.cpu(), tokenizer, cfg.output_dir, record, cfg.save_dtype)
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return cfg.run_name or f"{cfg.output_dir.name}-{cfg.mode}"
+
+
+def run_training(cfg: TrainConfig, ray_temp_dir: str | None = None, max_failures: int = 0) -> Path:
+    """Trains with TorchTrainer on the local (or already connected) Ray cluster; returns output_dir."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = cfg.model_copy(update={"output_dir": cfg.output_dir.resolve(), "storage_dir": cfg.storage_dir.resolve()})
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS", "local"),
+            include_dashboard=False,
+            _temp_dir=ray_temp_dir,
+            # The workers' own runtime env must find this package.
+            runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}},
+        )
+    use_gpu = cfg.use_gpu if isinstance(cfg.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) > 0
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config=cfg.model_dump(mode="json"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}
+        ),
+        run_config=RunConfig(
+            name=default_run_name(cfg),
+            storage_path=str(cfg.storage_dir),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return cfg.output_dir
