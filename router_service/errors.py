@@ -1,0 +1,168 @@
+"""OpenAI-style error bodies and the FastAPI handlers that produce them.
+
+Runs in the ingress process. Every failure a client can see has the shape OpenAI's API uses,
+``{"error": {"message", "type", "param", "code"}}``, so that official clients raise their usual
+exception classes (``BadRequestError``, ``NotFoundError`` ...) instead of choking on a body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router_service.backend import BackendError
+
+log = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+class APIError(Exception):
+    """A failure with a known HTTP status; raised anywhere below a route, rendered once here."""
+
+    def __init__(self, message: str, status_code: int = 400, error_type: str = INVALID_REQUEST,
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.error_type = error_type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+def error_body(message: str, error_type: str = INVALID_REQUEST, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def model_not_found(role: str, known: list[str]) -> APIError:
+    return APIError(
+        f"The model `{role}` does not exist. Available models (agent roles): {', '.join(known)}",
+        status_code=404, param="model", code="model_not_found",
+    )
+
+
+def context_length_exceeded(message: str, param: str | None = "messages") -> APIError:
+    return APIError(message, param=param, code="context_length_exceeded")
+
+
+def from_backend_error(exc: BackendError) -> APIError:
+    # A backend status below 400 would read as success to a client: treat it as a server error.
+    status = exc.status_code if 400 <= exc.status_code <= 599 else 500
+    return APIError(str(exc) or "the generation backend failed", status_code=status,
+                    error_type=exc.error_type)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One readable line naming the offending field, as OpenAI's own 400s do."""
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body.", None
+    first = errors[0]
+    # loc starts with "body"; a JSON decode failure has loc ("body", <char offset>).
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return f"We could not parse the JSON body of your request: {first.get('msg')}", None
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value"))
+    # pydantic prefixes custom ValueError messages; the client does not need to see that.
+    msg = msg.removeprefix("Value error, ")
+    text = f"Invalid value for '{param}': {msg}" if param else msg
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return text, param
+
+
+async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+async def _on_backend_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BackendError)
+    log.warning("backend error: %s (status %s)", exc, exc.status_code)
+    api = from_backend_error(exc)
+    return JSONResponse(api.body(), status_code=api.status_code)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message, param = _validation_message(exc)
+    return JSONResponse(error_body(message, param=param), status_code=400)
+
+
+async def _on_http_exception(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
+    code = "not_found" if exc.status_code == 404 else None
+    return JSONResponse(error_body(str(exc.detail), error_type, code=code),
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+class CatchAllMiddleware:
+    """Turns any exception no handler claimed into a generic 500 and never re-raises it.
+
+    Starlette's own ``Exception`` handler answers 500 but then re-raises, which crashes test
+    transports and fills server logs twice; internals (messages, tracebacks) never reach the
+    client either way.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except ClientDisconnect:
+            return  # nobody is left to answer; the stream's own cleanup already ran
+        except Exception:
+            log.exception("unhandled error in the API")
+            if started:
+                return  # headers are gone; the client sees a cut-off body
+            response = JSONResponse(
+                error_body("The server had an error while processing your request.", SERVER_ERROR),
+                status_code=500,
+            )
+            await response(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _on_api_error)
+    app.add_exception_handler(BackendError, _on_backend_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_middleware(CatchAllMiddleware)
+
+
+def sse_error_event(exc: BaseException) -> str:
+    """An error inside a stream that already sent 200: OpenAI clients raise on this event."""
+    if isinstance(exc, APIError):
+        body = exc.body()
+    elif isinstance(exc, BackendError):
+        body = from_backend_error(exc).body()
+    else:
+        body = error_body("The server had an error while processing your request.", SERVER_ERROR)
+    return f"data: {json.dumps(body)}\n\n"
