@@ -1,0 +1,209 @@
+"""The OpenAI-compatible HTTP API of the ingress, as a plain FastAPI app (no Ray here).
+
+Runs in the ingress process: the Serve deployment wraps the app that ``build_api`` returns and
+hands it a GenerationBackend that talks to the prefill and decode pools; tests hand it a fake.
+
+An OpenAI ``model`` is an agent ROLE name. Each role also has its own base URL,
+``/roles/<role>/v1``, so an agent framework can point one client per role at the server
+without setting ``model`` at all.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from router_service.backend import GenerationBackend, GenerationDelta, GenerationRequest
+from router_service.completion_output import (
+    ChatChunks,
+    CompletionChunks,
+    RequestMeta,
+    SSEResponse,
+    chat_response,
+    close_backend_stream,
+    collect,
+    completion_response,
+    stream_events,
+)
+from router_service.errors import APIError, install_error_handlers, model_not_found
+from router_service.openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+from router_service.prompt_builder import PromptBuilder, PromptTemplateError, Turn
+from router_service.sampling_params import (
+    DEFAULT_MAX_TOKENS_CAP,
+    chat_sampling,
+    check_token_ids,
+    completion_sampling,
+    resolve_max_tokens,
+)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class NamedRole(Protocol):
+    """What the API needs of a role; deployments.config.RoleConfig fits as it is."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def instructions(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    name: str
+    instructions: str | None = None
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_model_len: int
+    default_max_tokens: int
+    vocab_size: int | None
+
+
+def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer: Any,
+              max_model_len: int, session_header: str = "x-session-id", *,
+              default_max_tokens: int = DEFAULT_MAX_TOKENS_CAP) -> FastAPI:
+    """The whole HTTP surface. ``roles`` may be ``AppConfig.roles`` or a list of RoleSpec;
+    ``tokenizer`` is the BASE model's transformers tokenizer (its chat template builds every
+    role's prompt); ``max_model_len`` is the smallest context window on the serving path."""
+    by_name: dict[str, NamedRole] = {r.name: r for r in roles}
+    if not by_name:
+        raise ValueError("build_api needs at least one role")
+    builder = PromptBuilder(tokenizer)
+    vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    limits = _Limits(max_model_len, default_max_tokens, vocab)
+    created = int(time.time())
+    header = session_header.lower()
+
+    app = FastAPI(title="PrefillShare", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+
+    def role_of(name: str | None) -> NamedRole:
+        if not name:
+            raise APIError("You must provide a model parameter (an agent role name).",
+                           param="model", code="missing_model")
+        role = by_name.get(name)
+        if role is None:
+            raise model_not_found(name, sorted(by_name))
+        return role
+
+    def session_of(request: Request, user: str | None) -> str | None:
+        return request.headers.get(header) or user or None
+
+    async def chat(role: NamedRole, body: ChatCompletionRequest, request: Request) -> Response:
+        turns = [Turn(m.role, m.text()) for m in body.messages]
+        try:
+            prompt = builder.chat_prompt(turns, role.instructions)
+        except PromptTemplateError as exc:
+            raise APIError(str(exc), param="messages") from exc
+        ids = prompt.token_ids
+        max_tokens = resolve_max_tokens(body.requested_max_tokens(), len(ids),
+                                        limits.max_model_len, limits.default_max_tokens)
+        meta = RequestMeta(f"chatcmpl-{uuid.uuid4().hex}", role.name, len(ids))
+        gen = GenerationRequest(meta.request_id, role.name, ids, chat_sampling(body, max_tokens),
+                                session_of(request, body.user))
+        deltas, first = await _start(backend, gen)
+        headers = {REQUEST_ID_HEADER: meta.request_id}
+        want_logprobs = bool(body.logprobs)
+        if body.stream:
+            events = stream_events(first, deltas, ChatChunks(meta, want_logprobs), len(ids),
+                                   body.wants_usage_in_stream())
+            return SSEResponse(events, headers=headers)
+        out = await collect(first, deltas)
+        return JSONResponse(chat_response(meta, out, want_logprobs).model_dump(mode="json"),
+                            headers=headers)
+
+    async def complete(role: NamedRole, body: CompletionRequest, request: Request) -> Response:
+        raw = body.prompt_text_or_ids()
+        if not isinstance(raw, str) and limits.vocab_size is not None:
+            check_token_ids(raw, limits.vocab_size)
+        ids = builder.completion_prompt(raw).token_ids
+        max_tokens = resolve_max_tokens(body.max_tokens, len(ids), limits.max_model_len,
+                                        limits.default_max_tokens, prompt_param="prompt")
+        meta = RequestMeta(f"cmpl-{uuid.uuid4().hex}", role.name, len(ids))
+        gen = GenerationRequest(meta.request_id, role.name, ids,
+                                completion_sampling(body, max_tokens),
+                                session_of(request, body.user))
+        deltas, first = await _start(backend, gen)
+        headers = {REQUEST_ID_HEADER: meta.request_id}
+        want_logprobs = body.logprobs is not None
+        if body.stream:
+            events = stream_events(first, deltas, CompletionChunks(meta, want_logprobs), len(ids),
+                                   body.wants_usage_in_stream())
+            return SSEResponse(events, headers=headers)
+        out = await collect(first, deltas)
+        return JSONResponse(completion_response(meta, out, want_logprobs).model_dump(mode="json"),
+                            headers=headers)
+
+    def model_list(names: Sequence[str]) -> dict[str, Any]:
+        cards = [ModelCard(id=n, created=created) for n in names]
+        return ModelList(data=cards).model_dump(mode="json")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await chat(role_of(body.model), body, request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await complete(role_of(body.model), body, request)
+
+    @app.post("/roles/{role}/v1/chat/completions")
+    async def role_chat_completions(role: str, body: ChatCompletionRequest,
+                                    request: Request) -> Response:
+        # The path names the role; a `model` in the body is whatever the client library put
+        # there and is not consulted.
+        return await chat(role_of(role), body, request)
+
+    @app.post("/roles/{role}/v1/completions")
+    async def role_completions(role: str, body: CompletionRequest, request: Request) -> Response:
+        return await complete(role_of(role), body, request)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return model_list(list(by_name))
+
+    @app.get("/v1/models/{model}")
+    async def get_model(model: str) -> dict[str, Any]:
+        return ModelCard(id=role_of(model).name, created=created).model_dump(mode="json")
+
+    @app.get("/roles/{role}/v1/models")
+    async def list_role_models(role: str) -> dict[str, Any]:
+        return model_list([role_of(role).name])
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def roles_with_instructions(instructions: Mapping[str, str | None]) -> list[RoleSpec]:
+    """Shorthand for tests and scripts: {"planner": "Plan.", "coder": None}."""
+    return [RoleSpec(name, text) for name, text in instructions.items()]
+
+
+async def _start(backend: GenerationBackend,
+                 request: GenerationRequest) -> tuple[AsyncIterator[GenerationDelta],
+                                                      GenerationDelta | None]:
+    """Wait for the first delta before answering, so that a backend that fails at once
+    (no replica, bad request) yields a real HTTP status instead of an error inside a 200."""
+    deltas = backend.generate(request)
+    try:
+        first = await anext(deltas, None)
+    except BaseException:
+        await close_backend_stream(deltas)
+        raise
+    return deltas, first
