@@ -1,0 +1,92 @@
+"""Shared pieces for the router_service API tests (imported by tests/test_api_*.py).
+
+Kept out of conftest.py so that these names cannot collide with other test suites' fixtures.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from router_service.api import RoleSpec, build_api
+from router_service.fake_backend import FakeBackend
+
+MAX_MODEL_LEN = 512
+API_ROLES = [
+    RoleSpec("planner", "You are the planner. Break the task into steps."),
+    RoleSpec("coder", "You are the coder. Write the code."),
+    RoleSpec("critic", None),
+]
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_tokenizer() -> Any:
+    """The base tokenizer, loaded once per test session (the model weights are never loaded)."""
+    from transformers import AutoTokenizer
+
+    from deployments.model_assets import smollm2_folder
+
+    return AutoTokenizer.from_pretrained(smollm2_folder())
+
+
+def make_app(backend: FakeBackend | None = None, **kwargs: Any) -> tuple[FastAPI, FakeBackend]:
+    backend = backend or FakeBackend()
+    kwargs.setdefault("max_model_len", MAX_MODEL_LEN)
+    app = build_api(backend, kwargs.pop("roles", API_ROLES), smollm2_tokenizer(), **kwargs)
+    return app, backend
+
+
+def http_client(app: FastAPI) -> httpx.AsyncClient:
+    # raise_app_exceptions=False: a 500 must come back as a response, as it would over a socket.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+def sse_payloads(body: str) -> list[Any]:
+    """The JSON payloads of an SSE body, with "[DONE]" kept as the string."""
+    out: list[Any] = []
+    for event in body.split("\n\n"):
+        if not event.strip():
+            continue
+        assert event.startswith("data: "), event
+        data = event[len("data: "):]
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None,
+                        param: str | None = None, error_type: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    if param is not None:
+        assert err["param"] == param, err
+    if error_type is not None:
+        assert err["type"] == error_type, err
+    return err
+
+
+@pytest.fixture
+def api_backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+async def api_client(api_backend: FakeBackend) -> Any:
+    app, _ = make_app(api_backend)
+    async with http_client(app) as client:
+        yield client
+
+
+def chat_body(content: str = "Say hello.", **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}], **extra}
