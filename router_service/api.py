@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,6 +48,9 @@ from router_service.sampling_params import (
 )
 
 REQUEST_ID_HEADER = "x-request-id"
+# Proxies (nginx, some ingress controllers) buffer responses unless told not to, which would
+# hold every token of a stream until the end.
+_STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 class NamedRole(Protocol):
@@ -105,6 +108,8 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
 
     async def chat(role: NamedRole, body: ChatCompletionRequest, request: Request) -> Response:
         turns = [Turn(m.role, m.text()) for m in body.messages]
+        # Tokenized on the event loop on purpose: a few ms at most, and a fast tokenizer
+        # shared across threads fails with "Already borrowed" under concurrent use.
         try:
             prompt = builder.chat_prompt(turns, role.instructions)
         except PromptTemplateError as exc:
@@ -121,7 +126,7 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
         if body.stream:
             events = stream_events(first, deltas, ChatChunks(meta, want_logprobs), len(ids),
                                    body.wants_usage_in_stream())
-            return SSEResponse(events, headers=headers)
+            return SSEResponse(events, headers={**headers, **_STREAM_HEADERS})
         out = await collect(first, deltas)
         return JSONResponse(chat_response(meta, out, want_logprobs).model_dump(mode="json"),
                             headers=headers)
@@ -143,7 +148,7 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
         if body.stream:
             events = stream_events(first, deltas, CompletionChunks(meta, want_logprobs), len(ids),
                                    body.wants_usage_in_stream())
-            return SSEResponse(events, headers=headers)
+            return SSEResponse(events, headers={**headers, **_STREAM_HEADERS})
         out = await collect(first, deltas)
         return JSONResponse(completion_response(meta, out, want_logprobs).model_dump(mode="json"),
                             headers=headers)
@@ -188,11 +193,6 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
         return {"status": "ok"}
 
     return app
-
-
-def roles_with_instructions(instructions: Mapping[str, str | None]) -> list[RoleSpec]:
-    """Shorthand for tests and scripts: {"planner": "Plan.", "coder": None}."""
-    return [RoleSpec(name, text) for name, text in instructions.items()]
 
 
 async def _start(backend: GenerationBackend,

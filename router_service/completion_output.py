@@ -33,6 +33,7 @@ from router_service.openai_schema import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionResponse,
+    FinishReason,
     PromptTokensDetails,
     TopLogprob,
     Usage,
@@ -132,9 +133,9 @@ def completion_logprobs(items: Sequence[TokenLogprob], text_offset: int = 0) -> 
     return out
 
 
-def _finish(reason: str | None) -> str:
+def _finish(reason: str | None) -> FinishReason:
     # A backend that ends without saying why ended the way EOS ends a sequence.
-    return reason if reason in ("stop", "length") else "stop"
+    return "length" if reason == "length" else "stop"
 
 
 # ---- whole responses ------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def chat_response(meta: RequestMeta, out: Collected, want_logprobs: bool) -> Cha
     choice = ChatChoice(
         message=ChatResponseMessage(content=out.text),
         logprobs=chat_logprobs(out.logprobs) if want_logprobs else None,
-        finish_reason=_finish(out.finish_reason),  # type: ignore[arg-type]
+        finish_reason=_finish(out.finish_reason),
     )
     return ChatCompletionResponse(id=meta.request_id, created=meta.created, model=meta.model,
                                   choices=[choice], usage=out.usage(meta.prompt_len))
@@ -154,7 +155,7 @@ def completion_response(meta: RequestMeta, out: Collected,
     choice = CompletionChoice(
         text=out.text,
         logprobs=completion_logprobs(out.logprobs) if want_logprobs else None,
-        finish_reason=_finish(out.finish_reason),  # type: ignore[arg-type]
+        finish_reason=_finish(out.finish_reason),
     )
     return CompletionResponse(id=meta.request_id, created=meta.created, model=meta.model,
                               choices=[choice], usage=out.usage(meta.prompt_len))
@@ -167,7 +168,7 @@ class ChunkRenderer(Protocol):
 
     def chunk(self, delta: GenerationDelta, text_offset: int) -> BaseModel: ...
 
-    def closing(self, finish_reason: str) -> BaseModel | None: ...
+    def closing(self, finish_reason: FinishReason) -> BaseModel | None: ...
 
     def usage(self, usage: Usage) -> BaseModel: ...
 
@@ -193,9 +194,9 @@ class ChatChunks:
         return self._wrap([ChatChunkChoice(index=0, delta=ChatDelta(content=delta.text),
                                            logprobs=logprobs, finish_reason=None)])
 
-    def closing(self, finish_reason: str) -> BaseModel | None:
+    def closing(self, finish_reason: FinishReason) -> BaseModel | None:
         return self._wrap([ChatChunkChoice(index=0, delta=ChatDelta(), logprobs=None,
-                                           finish_reason=finish_reason)])  # type: ignore[arg-type]
+                                           finish_reason=finish_reason)])
 
     def usage(self, usage: Usage) -> BaseModel:
         return self._wrap([], usage)
@@ -220,9 +221,9 @@ class CompletionChunks:
         return self._wrap([CompletionChoice(index=0, text=delta.text, logprobs=logprobs,
                                             finish_reason=None)])
 
-    def closing(self, finish_reason: str) -> BaseModel | None:
+    def closing(self, finish_reason: FinishReason) -> BaseModel | None:
         return self._wrap([CompletionChoice(index=0, text="", logprobs=None,
-                                            finish_reason=finish_reason)])  # type: ignore[arg-type]
+                                            finish_reason=finish_reason)])
 
     def usage(self, usage: Usage) -> BaseModel:
         return self._wrap([], usage)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -65,23 +67,38 @@ def from_backend_error(exc: BackendError) -> APIError:
                     error_type=exc.error_type)
 
 
+# pydantic names the union member that failed inside `loc` ("str", "list[int]" ...); a client
+# knows its field by path only.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _field_path(loc: Sequence[Any]) -> list[str]:
+    return [str(p) for p in loc
+            if p != "body" and not (isinstance(p, str) and ("[" in p or p in _TYPE_TAGS))]
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """One readable line naming the offending field, as OpenAI's own 400s do."""
-    errors = exc.errors()
+    errors = list(exc.errors())
     if not errors:
         return "Invalid request body.", None
     first = errors[0]
-    # loc starts with "body"; a JSON decode failure has loc ("body", <char offset>).
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
         return f"We could not parse the JSON body of your request: {first.get('msg')}", None
-    param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid value"))
+    # A value that fits no member of a union fails once per member: report them as one
+    # problem at their common path, with the most specific member's message.
+    head = _field_path(first.get("loc", ()))[:1]
+    related = [e for e in errors if _field_path(e.get("loc", ()))[:1] == head]
+    paths = [_field_path(e.get("loc", ())) for e in related]
+    common: list[str] = os.path.commonprefix(paths)  # element-wise on lists, too
+    specific = max(zip(paths, related), key=lambda pe: len(pe[0]))[1]
+    param = ".".join(common) or None
     # pydantic prefixes custom ValueError messages; the client does not need to see that.
-    msg = msg.removeprefix("Value error, ")
+    msg = str(specific.get("msg", "invalid value")).removeprefix("Value error, ")
     text = f"Invalid value for '{param}': {msg}" if param else msg
-    if len(errors) > 1:
-        text += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    others = len(errors) - len(related)
+    if others:
+        text += f" (and {others} more problem{'s' if others > 1 else ''})"
     return text, param
 
 

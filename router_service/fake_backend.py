@@ -135,6 +135,8 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
 
 
 def _logprob(token: FakeToken, k: int) -> TokenLogprob:
-    top = tuple([(token.text, token.logprob)] + [(f" alt{j}", token.logprob - j) for j in range(1, k)])
+    # The sampled token first, then made-up alternatives, each less likely.
+    alternatives = [(f" alt{j}", token.logprob - j) for j in range(1, k)]
+    top = ([(token.text, token.logprob)] + alternatives)[:k]
     return TokenLogprob(token_id=token.token_id, token=token.text, logprob=token.logprob,
-                        top=top[:k])
+                        top=tuple(top))

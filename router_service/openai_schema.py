@@ -8,7 +8,7 @@ are refused rather than silently dropped, since a client relying on them would g
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -189,7 +189,7 @@ class CompletionRequest(_SamplingFields):
             return first
         if isinstance(first, list):
             return list(first)
-        return [int(t) for t in p]  # type: ignore[arg-type]
+        return list(cast(list[int], p))  # the validator left only list[int] here
 
 
 # ---- responses ------------------------------------------------------------------------------

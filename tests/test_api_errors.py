@@ -184,3 +184,12 @@ async def test_unexpected_exception_is_generic_500() -> None:
 async def test_unknown_path_and_method_are_openai_shaped(api_client: Any) -> None:
     assert_openai_error(await api_client.get("/v1/nothing"), 404)
     assert_openai_error(await api_client.get("/v1/chat/completions"), 405)
+
+
+async def test_union_field_errors_name_the_field_not_the_member(api_client: Any) -> None:
+    image = [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]
+    resp = await api_client.post("/v1/chat/completions", json={
+        "model": "planner", "messages": [{"role": "user", "content": image}]})
+    assert assert_openai_error(resp, 400)["param"] == "messages.0.content"
+    resp = await api_client.post("/v1/completions", json={"model": "coder", "prompt": {"a": 1}})
+    assert assert_openai_error(resp, 400)["param"] == "prompt"

@@ -114,3 +114,24 @@ def test_template_that_is_not_prefix_stable_still_builds_a_prompt() -> None:
     built = builder.chat_prompt(turns, None)
     assert "".join(chr(t) for t in built.token_ids) == "[user]a[user]c[assistant]"
 
+
+
+class _SystemFirstOnly:
+    """A template that, like some real ones, raises on a system turn after the first."""
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], tokenize: bool = False,
+                            add_generation_prompt: bool = False) -> str:
+        if any(m["role"] == "system" for m in conversation[1:]):
+            raise ValueError("System role only allowed at the beginning")
+        text = "".join(f"<{m['role']}>{m['content']}</>" for m in conversation)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+
+def test_instructions_fall_back_to_a_user_turn_when_the_template_refuses() -> None:
+    built = PromptBuilder(_SystemFirstOnly()).chat_prompt([Turn("user", "q")], "be the critic")
+    text = "".join(chr(t) for t in built.token_ids)
+    assert text == "<user>q</><user>be the critic</><assistant>"
+    assert built.context_len == len("<user>q</>")
