@@ -26,12 +26,16 @@ API_ROLES = [
 
 @functools.lru_cache(maxsize=1)
 def smollm2_tokenizer() -> Any:
-    """The base tokenizer, loaded once per test session (the model weights are never loaded)."""
-    from transformers import AutoTokenizer
+    """The base tokenizer, loaded once per test session (the model weights are never loaded).
+
+    PreTrainedTokenizerFast is the class AutoTokenizer resolves to for this folder; naming it
+    directly skips AutoTokenizer's import of torch, several seconds on a loaded 2-core box.
+    """
+    from transformers import PreTrainedTokenizerFast
 
     from deployments.model_assets import smollm2_folder
 
-    return AutoTokenizer.from_pretrained(smollm2_folder())
+    return PreTrainedTokenizerFast.from_pretrained(smollm2_folder())
 
 
 def make_app(backend: FakeBackend | None = None, **kwargs: Any) -> tuple[FastAPI, FakeBackend]:
