@@ -112,15 +112,22 @@ def layout_batch(
     sharing_ratio: float,
     pad_id: int = 0,
     device: torch.device | str = "cpu",
+    shared_prefix: Sequence[int] | None = None,
 ) -> BoundaryBatch:
-    """Packs per-sample token lists into base and decoder columns for one sharing ratio."""
+    """Packs per-sample token lists into base and decoder columns for one sharing ratio.
+
+    shared_prefix overrides k per sample (0 <= k <= n - 1): the multi-turn study gives the
+    decoder its own KV from where its earlier output starts.
+    """
     if len(contexts) != len(responses) or not contexts:
         raise ValueError("need as many responses as contexts, at least one")
     base_rows, dec_rows, starts, first_targets, resp_lens = [], [], [], [], []
-    for ctx, resp in zip(contexts, responses):
+    for i, (ctx, resp) in enumerate(zip(contexts, responses)):
         if len(resp) < 1:
             raise ValueError("every response needs at least one token")
-        k = shared_prefix_length(len(ctx), sharing_ratio)
+        k = shared_prefix_length(len(ctx), sharing_ratio) if shared_prefix is None else shared_prefix[i]
+        if not 0 <= k <= len(ctx) - 1:
+            raise ValueError(f"shared prefix {k} outside [0, {len(ctx) - 1}]")
         base_rows.append(list(ctx[:k]))
         dec_rows.append(list(ctx[k:]) + list(resp[:-1]))
         starts.append(k)

@@ -102,20 +102,22 @@ def train_decoder(
     env: WorkerEnv = WorkerEnv(),
     stop_after: int | None = None,
 ) -> list[float]:
-    """Trains until total_steps (or stop_after, to simulate a crash); returns this run's losses."""
+    """Trains until total_steps (or stop_after, to simulate a crash); returns every step's loss
+    (those before a resume come from the checkpoint)."""
     total = total_steps(cfg, len(data))
     optimizer, scheduler = build_optimizer(decoder, cfg, total)
     start = 0
+    losses: list[float] = []
     state = store.latest()
     if state is not None:
         load_trainable_state(decoder, state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
+        losses = list(state.get("losses", []))
         log.info("resumed from step %d of %d", start, total)
     ratio = cfg.boundary_ratio
     chief = env.rank == 0
-    losses: list[float] = []
     t0 = time.perf_counter()
     decoder.train()
     for step in range(start, total):
@@ -151,6 +153,7 @@ def train_decoder(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "config": cfg.model_dump(mode="json"),
+                    "losses": losses,
                 }
                 if chief
                 else None

@@ -100,9 +100,8 @@ def worker_main(config: dict[str, Any]) -> None:
             "base": model_identity(base_path),
             "steps": total_steps(cfg, len(data)),
             "examples": len(data),
-            "final_losses": losses[-10:],
-            "seconds_this_run": round(time.perf_counter() - t0, 1),
-            "seconds_per_step_this_run": round((time.perf_counter() - t0) / max(1, len(losses)), 3),
+            "losses": [round(x, 5) for x in losses],
+            "seconds_last_run": round(time.perf_counter() - t0, 1),
             "train_config": cfg.model_dump(mode="json"),
         }
         export_decoder(decoder.cpu(), tokenizer, cfg.output_dir, record, cfg.save_dtype)
