@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ def smollm2_folder(dtype: str = "bfloat16") -> Path:
     """The HF folder of SmolLM2-135M-Instruct, converted from the packaged GGUF on first use."""
     target = cache_dir() / f"smollm2-135m-instruct-{dtype}"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
+        if "quantization_config" not in json.loads((target / "config.json").read_text()):
+            return target
+        shutil.rmtree(target)  # made by an older conversion that kept the GGUF quant config
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,6 +60,10 @@ def smollm2_folder(dtype: str = "bfloat16") -> Path:
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
     config.torch_dtype = dtype
+    # The weights we save are plain (dequantized): a leftover "gguf" quantization_config
+    # would make vLLM look for a GGUF loader.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.load_state_dict(loaded.state_dict())
     tmp = target.with_name(target.name + ".partial")

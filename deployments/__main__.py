@@ -1,0 +1,4 @@
+from deployments.cli import main
+import sys
+
+sys.exit(main())
