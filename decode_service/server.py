@@ -101,6 +101,9 @@ class DecodeServer:
         """Frees the prefill engine's leased blocks for a request that will never be decoded."""
         await self.engine.engine.notify_kv_transfer_request_rejected(request_id, kv_transfer_params)
 
+    async def all_blocks_free(self) -> bool:
+        return await self.engine.all_blocks_free()
+
     async def stats(self) -> dict[str, Any]:
         return {"pool": self.pool, "inflight": self.inflight, **self.engine.report()}
 

@@ -85,6 +85,9 @@ class RoleConfig(_Strict):
     instructions: str | None = Field(
         None, description="Role-specific text placed after the shared context."
     )
+    kv_load_failure_policy: Literal["fail", "recompute"] | None = Field(
+        None, description="Overrides the app's policy for this role's decode pool."
+    )
 
     @field_validator("name")
     @classmethod

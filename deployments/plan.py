@@ -108,7 +108,7 @@ def _decode_spec(cfg: AppConfig, role: RoleConfig, model: str, prefill_model: st
         # base KV pulled from prefill (its own generated tokens' KV is never reused).
         prefix_caching=cfg.decode_kv_mode == "reuse",
         engine_id=f"decode-{role.name}",
-        kv_load_failure_policy=cfg.kv_load_failure_policy,
+        kv_load_failure_policy=role.kv_load_failure_policy or cfg.kv_load_failure_policy,
         enforce_handshake_compat=same_checkpoint,
     )
 

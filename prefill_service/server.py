@@ -61,6 +61,9 @@ class PrefillServer:
             engine_id=self.engine.spec.engine_id,
         )
 
+    async def all_blocks_free(self) -> bool:
+        return await self.engine.all_blocks_free()
+
     async def stats(self) -> dict[str, Any]:
         return {"pool": self.pool, "inflight": self.inflight, **self.engine.report()}
 

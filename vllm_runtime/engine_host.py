@@ -89,6 +89,14 @@ class EngineHost:
     async def abort(self, request_id: str) -> None:
         await self.engine.abort(request_id)
 
+    async def all_blocks_free(self) -> bool:
+        """Leak probe: True when no KV block is held by any request or lease.
+
+        vLLM resets its prefix cache only when every block is free, so the reset doubles as
+        the check. It drops the prefix cache: use it in tests and fault runs, not in service.
+        """
+        return bool(await self.engine.reset_prefix_cache())
+
     def report(self) -> dict[str, Any]:
         return {
             "engine_id": self.spec.engine_id,

@@ -1,0 +1,82 @@
+"""Runs a PrefillShare app in-process for end-to-end tests: a local Ray on 127.0.0.1 and
+serve.run of the real app builder (real vLLM engines, real NIXL). One at a time per process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deployments.model_assets import cache_dir, tiny_llama_folder
+from vllm_runtime.replica_env import free_port
+
+APP = "ps-e2e"
+
+
+def tiny_models() -> tuple[str, str]:
+    """Base and decoder: same architecture, different random weights (float32)."""
+    base = tiny_llama_folder(cache_dir() / "tiny-e2e-base", seed=11)
+    decoder = tiny_llama_folder(cache_dir() / "tiny-e2e-decoder", seed=22)
+    return str(base), str(decoder)
+
+
+def tiny_engine(**overrides: Any) -> dict[str, Any]:
+    return {"max_model_len": 1024, "dtype": "float32", "max_num_seqs": 8,
+            "block_size": 128, **overrides}
+
+
+@dataclass
+class RunningApp:
+    url: str
+    client: httpx.Client
+
+    def handle(self, deployment: str) -> Any:
+        from ray import serve
+
+        return serve.get_deployment_handle(deployment, app_name=APP)
+
+    def stats(self) -> dict[str, Any]:
+        r = self.client.get("/stats")
+        r.raise_for_status()
+        return r.json()
+
+
+@contextlib.contextmanager
+def running_app(app_args: dict[str, Any]) -> Iterator[RunningApp]:
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    temp = Path(tempfile.mkdtemp(prefix="ps-e2e-ray-", dir="/tmp"))
+    ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), num_cpus=2,
+             logging_level="WARNING")
+    port = free_port("127.0.0.1")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args), name=APP, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=180) as client:
+            yield RunningApp(url, client)
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+
+
+def wait_for(predicate: Any, timeout_s: float = 60, interval_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
