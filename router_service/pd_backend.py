@@ -9,6 +9,7 @@ clients over Ray Serve handles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -71,9 +72,12 @@ class PrefillShareBackend:
             rid = request.request_id if attempt == 0 else f"{request.request_id}-r{attempt}"
             streamed = False
             try:
-                async for delta in self._attempt(route, request, rid, deadline):
-                    streamed = True
-                    yield delta
+                # aclosing: when our consumer closes us early, the attempt (and its decode
+                # stream) closes now, not whenever the event loop finalizes the generator.
+                async with contextlib.aclosing(self._attempt(route, request, rid, deadline)) as it:
+                    async for delta in it:
+                        streamed = True
+                        yield delta
                 return
             except ReplicaGone as exc:
                 # Once tokens reached the client a retry would repeat them: fail instead.
