@@ -159,11 +159,16 @@ class AppConfig(_Strict):
             if role.lora_adapter and self.lora_pool is None:
                 raise ValueError(f"roles.{role.name}.lora_adapter needs a `lora_pool` section")
             pool = self.prefill_pools[role.prefill_pool]
-            if role.decode_pool.engine.block_size != pool.engine.block_size:
+            # A LoRA role decodes on the shared lora_pool; its own decode_pool is unused.
+            if role.lora_adapter and self.lora_pool is not None:
+                decode_field, decode_engine = "lora_pool.engine", self.lora_pool.engine
+            else:
+                decode_field = f"roles.{role.name}.decode_pool.engine"
+                decode_engine = role.decode_pool.engine
+            if decode_engine.block_size != pool.engine.block_size:
                 raise ValueError(
-                    f"roles.{role.name}.decode_pool.engine.block_size "
-                    f"({role.decode_pool.engine.block_size}) must equal prefill pool "
-                    f"{role.prefill_pool!r} block_size ({pool.engine.block_size})"
+                    f"{decode_field}.block_size ({decode_engine.block_size}) must equal prefill "
+                    f"pool {role.prefill_pool!r} block_size ({pool.engine.block_size})"
                 )
         return self
 
