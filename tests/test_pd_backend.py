@@ -1,0 +1,256 @@
+"""The P/D pipeline (router_service/pd_backend.py) with fake prefill and decode clients:
+streaming, stats, retries on lost replicas, stage timeouts and cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from router_service.backend import BackendError, GenerationDelta, GenerationRequest, SamplingSpec
+from router_service.pd_backend import PrefillShareBackend, ReplicaGone, RoleRoute, StageTimeouts
+
+FAST = StageTimeouts(prefill_s=0.05, first_token_s=0.05, request_s=5.0)
+SAMPLING = SamplingSpec(max_tokens=3)
+SLOW = 10.0  # longer than any timeout used here; wait_for cancels it
+
+
+@dataclass
+class FakePrefill:
+    """Each call takes the next outcome: "ok", "slow" or an exception to raise."""
+
+    outcomes: list[Any] = field(default_factory=list)
+    calls: list[tuple[str, list[int], str | None]] = field(default_factory=list)
+
+    async def prefill(self, request_id: str, prompt_token_ids: list[int],
+                      session_id: str | None) -> Any:
+        self.calls.append((request_id, prompt_token_ids, session_id))
+        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
+        if outcome == "slow":
+            await asyncio.sleep(SLOW)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        return SimpleNamespace(kv_transfer_params={"remote_request_id": request_id},
+                               num_cached_tokens=3)
+
+
+def _tokens(n: int, finish: str = "stop") -> list[GenerationDelta]:
+    return [GenerationDelta(text=f"t{i}", token_ids=(i,),
+                            finish_reason=finish if i == n - 1 else None,
+                            stats={"decode_s": 0.5} if i == n - 1 else {})
+            for i in range(n)]
+
+
+@dataclass
+class FakeDecode:
+    """Each generate() call plays the next script: a list of deltas, "slow" (waits) and
+    exceptions (raised), in order."""
+
+    scripts: list[list[Any]] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    released: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    release_error: Exception | None = None
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int],
+                       sampling: SamplingSpec, kv_transfer_params: dict[str, Any],
+                       lora_name: str | None, session_id: str | None
+                       ) -> AsyncIterator[GenerationDelta]:
+        self.calls.append({"rid": request_id, "prompt": prompt_token_ids, "sampling": sampling,
+                           "params": kv_transfer_params, "lora": lora_name,
+                           "session": session_id})
+        script = self.scripts.pop(0) if self.scripts else _tokens(3)
+        try:
+            for step in script:
+                if step == "slow":
+                    await asyncio.sleep(SLOW)
+                elif isinstance(step, BaseException):
+                    raise step
+                else:
+                    yield step
+        finally:
+            self.closed.append(request_id)
+
+    async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
+        self.released.append((request_id, kv_transfer_params))
+        if self.release_error is not None:
+            raise self.release_error
+
+
+def _backend(prefill: FakePrefill, decode: FakeDecode, timeouts: StageTimeouts = FAST,
+             max_retries: int = 2, lora_name: str | None = None) -> PrefillShareBackend:
+    return PrefillShareBackend({"coder": RoleRoute(prefill, decode, lora_name)}, timeouts,
+                               max_retries)
+
+
+def _request(role: str = "coder") -> GenerationRequest:
+    return GenerationRequest("req", role, (5, 6, 7), SAMPLING, session_id="s1")
+
+
+async def _collect(backend: PrefillShareBackend, request: GenerationRequest,
+                   into: list[GenerationDelta] | None = None) -> list[GenerationDelta]:
+    out = [] if into is None else into
+    async for delta in backend.generate(request):
+        out.append(delta)
+    return out
+
+
+async def test_happy_path_streams_deltas_with_stats_on_the_last():
+    prefill, decode = FakePrefill(), FakeDecode()
+    deltas = await _collect(_backend(prefill, decode, lora_name="coder-lora"), _request())
+
+    assert [d.text for d in deltas] == ["t0", "t1", "t2"]
+    assert [d.finish_reason for d in deltas] == [None, None, "stop"]
+    assert deltas[0].stats == {} and deltas[1].stats == {}
+    stats = deltas[-1].stats
+    assert stats["decode_s"] == 0.5  # the decode side's own stats are kept
+    assert stats["prefill_cached_tokens"] == 3.0
+    assert 0 <= stats["prefill_s"] <= stats["ttft_s"] < 1.0
+
+    assert prefill.calls == [("req", [5, 6, 7], "s1")]
+    [call] = decode.calls
+    assert call == {"rid": "req", "prompt": [5, 6, 7], "sampling": SAMPLING,
+                    "params": {"remote_request_id": "req"}, "lora": "coder-lora",
+                    "session": "s1"}
+    assert decode.closed == ["req"]
+    assert decode.released == []  # tokens flowed: decode owns the blocks
+
+
+async def test_replica_lost_during_prefill_is_retried_with_a_new_id():
+    prefill, decode = FakePrefill([ReplicaGone("prefill replica died")]), FakeDecode()
+    backend = _backend(prefill, decode)
+    deltas = await _collect(backend, _request())
+
+    assert [d.text for d in deltas] == ["t0", "t1", "t2"]
+    assert [c[0] for c in prefill.calls] == ["req", "req-r1"]
+    assert [c["rid"] for c in decode.calls] == ["req-r1"]
+    assert decode.calls[0]["params"] == {"remote_request_id": "req-r1"}
+    assert backend.retries == 1
+
+
+async def test_replica_lost_in_decode_before_a_token_releases_then_retries():
+    prefill = FakePrefill()
+    decode = FakeDecode([[ReplicaGone("decode replica died")], _tokens(2)])
+    backend = _backend(prefill, decode)
+    deltas = await _collect(backend, _request())
+
+    assert [d.text for d in deltas] == ["t0", "t1"]
+    assert decode.released == [("req-release", {"remote_request_id": "req"})]
+    assert [c["rid"] for c in decode.calls] == ["req", "req-r1"]
+    assert backend.retries == 1
+
+
+async def test_replica_lost_after_tokens_streamed_is_not_retried():
+    prefill = FakePrefill()
+    decode = FakeDecode([[*_tokens(2, finish="length")[:1], ReplicaGone("gone mid-stream")]])
+    backend = _backend(prefill, decode)
+    got: list[GenerationDelta] = []
+    with pytest.raises(BackendError) as info:
+        await _collect(backend, _request(), got)
+
+    assert info.value.status_code == 503
+    assert "gone mid-stream" in str(info.value)
+    assert [d.text for d in got] == ["t0"]  # no token repeated by a retry
+    assert len(prefill.calls) == 1 and len(decode.calls) == 1
+    assert backend.retries == 0
+    assert decode.released == []
+
+
+async def test_retries_exhausted():
+    prefill = FakePrefill([ReplicaGone("x"), ReplicaGone("y"), ReplicaGone("z")])
+    decode = FakeDecode()
+    backend = _backend(prefill, decode, max_retries=2)
+    with pytest.raises(BackendError) as info:
+        await _collect(backend, _request())
+
+    assert info.value.status_code == 503
+    assert "serving replica lost: z" in str(info.value)
+    assert [c[0] for c in prefill.calls] == ["req", "req-r1", "req-r2"]
+    assert backend.retries == 2
+    assert decode.calls == []
+
+
+async def test_no_retries_configured():
+    prefill, decode = FakePrefill([ReplicaGone("x")]), FakeDecode()
+    backend = _backend(prefill, decode, max_retries=0)
+    with pytest.raises(BackendError, match="serving replica lost"):
+        await _collect(backend, _request())
+    assert len(prefill.calls) == 1 and backend.retries == 0
+
+
+async def test_prefill_timeout():
+    prefill, decode = FakePrefill(["slow"]), FakeDecode()
+    with pytest.raises(BackendError) as info:
+        await _collect(_backend(prefill, decode), _request())
+
+    assert info.value.status_code == 504
+    assert info.value.error_type == "timeout"
+    assert "prefill" in str(info.value)
+    assert decode.calls == [] and decode.released == []
+    assert len(prefill.calls) == 1  # a timeout is not a lost replica: no retry
+
+
+async def test_first_token_timeout_names_the_kv_pull_and_releases_prefill_blocks():
+    prefill, decode = FakePrefill(), FakeDecode([["slow"]])
+    with pytest.raises(BackendError) as info:
+        await _collect(_backend(prefill, decode), _request())
+
+    assert info.value.status_code == 504
+    assert "KV pull / first decode token" in str(info.value)
+    assert decode.closed == ["req"]
+    assert decode.released == [("req-release", {"remote_request_id": "req"})]
+
+
+async def test_request_deadline_after_the_first_token():
+    timeouts = StageTimeouts(prefill_s=1.0, first_token_s=1.0, request_s=0.1)
+    decode = FakeDecode([[*_tokens(2)[:1], "slow"]])
+    got: list[GenerationDelta] = []
+    with pytest.raises(BackendError) as info:
+        await _collect(_backend(FakePrefill(), decode, timeouts), _request(), got)
+
+    assert info.value.status_code == 504
+    assert str(info.value) == "request timed out"
+    assert len(got) == 1
+    assert decode.closed == ["req"]
+    assert decode.released == []
+
+
+async def test_decode_failing_before_any_token_releases_prefill_blocks():
+    decode = FakeDecode([[RuntimeError("engine exploded")]])
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        await _collect(_backend(FakePrefill(), decode), _request())
+    assert decode.released == [("req-release", {"remote_request_id": "req"})]
+
+
+async def test_a_failing_release_does_not_hide_the_original_error():
+    decode = FakeDecode([["slow"]], release_error=RuntimeError("release failed"))
+    with pytest.raises(BackendError, match="first decode token"):
+        await _collect(_backend(FakePrefill(), decode), _request())
+    assert [r[0] for r in decode.released] == ["req-release"]
+
+
+async def test_consumer_closing_early_closes_the_decode_stream():
+    decode = FakeDecode([_tokens(5)])
+    stream = _backend(FakePrefill(), decode).generate(_request())
+    first = await stream.__anext__()
+    assert first.text == "t0"
+    assert decode.closed == []
+    await stream.aclose()
+    assert decode.closed == ["req"]  # at once, not when the loop finalizes the generator
+    assert decode.released == []  # a token flowed: the decode engine owns the blocks now
+
+
+async def test_unknown_role_is_404():
+    prefill, decode = FakePrefill(), FakeDecode()
+    with pytest.raises(BackendError) as info:
+        await _collect(_backend(prefill, decode), _request(role="painter"))
+
+    assert info.value.status_code == 404
+    assert info.value.error_type == "invalid_request_error"
+    assert info.value.retryable is False
+    assert "'painter'" in str(info.value)
+    assert prefill.calls == []
