@@ -1,5 +1,6 @@
-"""Runs a PrefillShare app in-process for end-to-end tests: a local Ray on 127.0.0.1 and
-serve.run of the real app builder (real vLLM engines, real NIXL). One at a time per process."""
+"""Runs a PrefillShare app inside the calling process: a local Ray on 127.0.0.1 and serve.run
+of the real app builder (real vLLM engines, real NIXL). Used by the end-to-end tests and the
+measurement scripts; one app at a time per process. `prefillshare up` is the path for users."""
 
 from __future__ import annotations
 

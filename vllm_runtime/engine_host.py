@@ -99,6 +99,7 @@ class EngineHost:
 
     def report(self) -> dict[str, Any]:
         return {
+            "rss_mib": process_tree_rss_mib(),
             "engine_id": self.spec.engine_id,
             "side": self.spec.side,
             "model": self.spec.model,
@@ -112,3 +113,17 @@ class EngineHost:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+
+def process_tree_rss_mib() -> float:
+    """This replica's memory: its own RSS plus vLLM's EngineCore and worker processes."""
+    import psutil
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / (1 << 20)

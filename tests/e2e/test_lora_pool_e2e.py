@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from router_service.backend import SamplingSpec
-from tests.e2e.serve_harness import running_app, tiny_engine, tiny_models
+from deployments.inprocess import running_app, tiny_engine, tiny_models
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from router_service.backend import SamplingSpec
-from tests.e2e.serve_harness import running_app, tiny_engine, tiny_models, wait_for
+from deployments.inprocess import running_app, tiny_engine, tiny_models, wait_for
 
 pytestmark = pytest.mark.slow
 
