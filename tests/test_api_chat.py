@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_fixtures import (  # noqa: F401  (fixtures are used by name)
+from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     API_ROLES,
     api_backend,
     api_client,

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from api_fixtures import chat_body, make_app
+from tests.api_fixtures import chat_body, make_app
 
 from router_service.fake_backend import FakeBackend
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from api_fixtures import (  # noqa: F401  (fixtures are used by name)
+from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     api_backend,
     api_client,
     assert_openai_error,

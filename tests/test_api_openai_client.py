@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
-from api_fixtures import make_app, smollm2_tokenizer
+from tests.api_fixtures import make_app, smollm2_tokenizer
 
 from router_service.fake_backend import FakeBackend, fake_tokens
 from router_service.prompt_builder import PromptBuilder, Turn

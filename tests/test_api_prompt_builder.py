@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api_fixtures import smollm2_tokenizer
+from tests.api_fixtures import smollm2_tokenizer
 
 from router_service.prompt_builder import PromptBuilder, Turn
 
