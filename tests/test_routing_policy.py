@@ -170,3 +170,18 @@ def test_baselines_rank_shapes_and_rules() -> None:
     assert first(pa.rank(cands({"r2": 3}), r)) != "r2"  # imbalanced: least loaded instead
     a, b = PowerOfTwoPolicy(BS, seed=3), PowerOfTwoPolicy(BS, seed=3)
     assert [a.rank(cands(), r) for _ in range(5)] == [b.rank(cands(), r) for _ in range(5)]
+
+
+def test_scale_up_keeps_sessions_where_their_kv_is_by_default() -> None:
+    grown = REPLICAS + ["r4"]
+    p = policy()
+    sessions = [f"s{i}" for i in range(200)]
+    for i, s in enumerate(sessions):  # every session has run a call at its home
+        r = req(f"a{i}", s, seed=i)
+        p.on_sent(first(p.rank(cands(), r)), r)
+        p.on_finished("", r.request_id)
+    moved_home = [s for s in sessions if p.home(s, grown) == "r4"]
+    assert moved_home  # rendezvous gives r4 ~1/5 of the homes ...
+    for i, s in enumerate(sessions):  # ... but their next calls stay with their cached prefix
+        assert first(p.rank(cands(ids=grown), req(f"b{i}", s, n_tokens=80, seed=i))) != "r4"
+    assert first(p.rank(cands(ids=grown), req("new", moved_home[0], seed=999))) == "r4"

@@ -9,11 +9,11 @@ no failover; this policy keeps that affinity while it is cheap and gives it up w
 2. Bounded load: a replica whose load exceeds max(load_absolute_threshold,
    load_relative_factor * mean load) is skipped for affinity and prefix preference. The request
    goes to the best prefix holder among the rest, then the least loaded. The session is NOT
-   rehomed: once home is back under the bound, its calls return (paying only the tokens
-   appended meanwhile). Only a dead or drained home moves it, to its next rendezvous choice.
+   rehomed: once home is back under the bound, it again wins ties and takes the session's new
+   chains. Only a dead or drained home moves it, to its next rendezvous choice.
 3. Prefix: the replica with the longest matched chain in the PrefixIndex (our sends, plus KV
-   events when wired) is the other preference, before or after home per
-   ``prefer_prefix_over_session``.
+   events when wired) is the other preference: by default before home (ties go home), so a
+   session stays where its newest KV is; ``prefer_prefix_over_session=False`` puts home first.
 4. Load counts our own sends not yet visible in Serve's queue-length cache (load_tracker.py).
 
 Deterministic: the same inputs and the same sequence of hooks give the same ranking.
@@ -43,10 +43,15 @@ class RoutingPolicyConfig:
     """A replica above this multiple of the mean load (over live replicas) is skipped for
     affinity. 1.0 is pure balancing; large values approach the paper's unbounded pinning."""
 
-    prefer_prefix_over_session: bool = False
-    """False: home first, then the longest prefix holder. True: the longest prefix holder first
-    (a session that spilled stays where its newest KV is; placement then depends on this
-    router's index, which other ingress replicas do not share unless KV events are wired)."""
+    prefer_prefix_over_session: bool = True
+    """True: the replica holding the longest prefix of this request's chain first, home second
+    (ties go home). A session then stays where its newest KV is: after a spill, after a scale
+    up (the new replica takes new sessions; existing ones are not moved cold) and after a
+    failover. False: home first, so a spilled call returns home as soon as home is under the
+    bound and a scale up moves ~1/N of live sessions, each paying one cold prefill. True won in
+    every scenario of docs/routing.md. With several ingress replicas and no KV events, each
+    index sees only its own sends, so prefix-first can ping-pong a spilled session between two
+    replicas (each move costs the tokens appended meanwhile, not the whole context)."""
 
     index_capacity_blocks: int = 50_000
     """Per-replica capacity of the prefix index in blocks; set it to the engine's KV pool
