@@ -15,6 +15,7 @@ from typing import Any
 from router_service.backend import BackendError, GenerationDelta, SamplingSpec, TokenLogprob
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_host import EngineHost
+from vllm_runtime.engine_metrics import EngineMetrics
 from vllm_runtime.replica_identity import replica_engine_id, replica_rank
 
 
@@ -64,7 +65,9 @@ class DecodeServer:
                  lora_adapters: dict[str, str] | None = None) -> None:
         self.pool = pool
         spec = dataclasses.replace(spec, engine_id=replica_engine_id("decode", pool))
-        self.engine = EngineHost(spec, core_index=core_offset + replica_rank())
+        self.metrics = EngineMetrics(pool, "decode", spec.engine_id)
+        self.engine = EngineHost(spec, core_index=core_offset + replica_rank(),
+                                 on_stats=self.metrics.publish)
         self.lora_requests = self._lora_requests(lora_adapters or {})
         self.inflight = 0
 
@@ -79,7 +82,9 @@ class DecodeServer:
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingSpec,
                        kv_transfer_params: dict[str, Any] | None,
-                       lora_name: str | None = None) -> AsyncIterator[GenerationDelta]:
+                       lora_name: str | None = None,
+                       block_hashes: list[int] | None = None) -> AsyncIterator[GenerationDelta]:
+        """``block_hashes`` is read by the request router (reuse mode), not here."""
         lora = None
         if lora_name is not None:
             if lora_name not in self.lora_requests:

@@ -13,9 +13,11 @@ from typing import Any
 from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from decode_service.server import DecodeServer
 from deployments.config import AppConfig, format_validation_error
+from deployments.kv_compat import KvLayout, kv_blocks_in
 from deployments.plan import DeploymentPlan, EnginePool, make_plan
 from prefill_service.server import PrefillServer
 from router_service.ingress import RouterIngress
@@ -39,7 +41,25 @@ def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def _engine_deployment(cls: type, pool: EnginePool) -> Any:
+def _router_config(cfg: AppConfig, policy: str, pool: EnginePool) -> RequestRouterConfig:
+    r = cfg.routing
+    engine = pool.spec.options
+    # The index forgets roughly when the engine evicts: capacity = the engine's KV blocks.
+    capacity = kv_blocks_in(engine.kv_cache_space_gib, engine.block_size,
+                            KvLayout.of(pool.spec.model, engine.dtype))
+    return RequestRouterConfig(
+        request_router_class="router_service.routing.serve_router:PrefixLocalityRequestRouter",
+        request_router_kwargs={
+            "policy": policy, "deployment": pool.name, "block_size": engine.block_size,
+            "load_relative_factor": r.load_bound, "load_absolute_threshold": r.load_absolute_threshold,
+            "prefer_prefix_over_session": r.prefer_prefix_over_session,
+            "index_capacity_blocks": capacity,
+        },
+        request_routing_stats_period_s=r.stats_period_s,
+    )
+
+
+def _engine_deployment(cls: type, pool: EnginePool, router: RequestRouterConfig) -> Any:
     actor_options: dict[str, Any] = {"num_cpus": pool.options.num_cpus}
     if pool.options.resources:
         actor_options["resources"] = dict(pool.options.resources)
@@ -48,16 +68,22 @@ def _engine_deployment(cls: type, pool: EnginePool) -> Any:
         num_replicas=pool.options.replicas,
         max_ongoing_requests=pool.options.max_ongoing_requests,
         ray_actor_options=actor_options,
+        request_router_config=router,
         **_HEALTH,
     )
 
 
 def bind_plan(cfg: AppConfig, plan: DeploymentPlan) -> Application:
-    prefill = {p.name: _engine_deployment(PrefillServer, p).bind(p.spec, p.pool, p.core_offset)
-               for p in plan.prefill}
+    decode_policy = cfg.routing.decode_policy or (
+        "prefix_locality" if cfg.decode_kv_mode == "reuse" else "least_loaded")
+    prefill = {
+        p.name: _engine_deployment(PrefillServer, p, _router_config(cfg, cfg.routing.prefill_policy, p))
+        .bind(p.spec, p.pool, p.core_offset)
+        for p in plan.prefill
+    }
     decode = {
-        d.name: _engine_deployment(DecodeServer, d).bind(d.spec, d.pool, d.core_offset,
-                                                         d.lora_adapters)
+        d.name: _engine_deployment(DecodeServer, d, _router_config(cfg, decode_policy, d))
+        .bind(d.spec, d.pool, d.core_offset, d.lora_adapters)
         for d in plan.decode
     }
     roles = [
@@ -72,7 +98,9 @@ def bind_plan(cfg: AppConfig, plan: DeploymentPlan) -> Application:
         name="router", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,
     )
-    return ingress.bind(cfg.model_dump(mode="json"), roles, plan.base_model, max_len, prefill, decode)
+    block_sizes = {p.name: p.spec.options.block_size for p in (*plan.prefill, *plan.decode)}
+    return ingress.bind(cfg.model_dump(mode="json"), roles, plan.base_model, max_len, prefill,
+                        decode, block_sizes)
 
 
 def build_app(args: dict[str, Any]) -> Application:

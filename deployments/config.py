@@ -26,7 +26,10 @@ class EngineOptions(_Strict):
     kv_cache_space_gib: float = Field(
         1.0, gt=0, description="KV cache memory per engine (VLLM_CPU_KVCACHE_SPACE on CPU)."
     )
-    block_size: int = Field(128, description="KV block size in tokens; prefill and decode must agree.")
+    block_size: int = Field(
+        128, ge=16, multiple_of=16,
+        description="KV block size in tokens; prefill and decode must agree (CPU: multiple of 32).",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_num_seqs: int = Field(32, ge=1, description="Most requests one engine runs at once.")
     max_num_batched_tokens: int | None = Field(None, ge=16)
@@ -103,11 +106,32 @@ class RoleConfig(_Strict):
         return self
 
 
+RoutingPolicyName = Literal[
+    "prefix_locality", "session_sticky", "power_of_two", "prefix_affinity", "least_loaded"
+]
+
+
 class RoutingConfig(_Strict):
     session_header: str = "x-session-id"
-    load_bound: float = Field(
-        1.5, gt=1.0, description="A replica above this multiple of the mean load is skipped."
+    prefill_policy: RoutingPolicyName = Field(
+        "prefix_locality",
+        description="Prefill pool routing: ours (session + prefix + bounded load), or a baseline.",
     )
+    decode_policy: RoutingPolicyName | None = Field(
+        None,
+        description="Decode pools; default: prefix_locality when decode_kv_mode is reuse (the "
+        "replica that served the session's last turn holds its blocks), else least_loaded.",
+    )
+    load_bound: float = Field(
+        1.5, ge=1.0, description="A replica above this multiple of the mean load is skipped."
+    )
+    load_absolute_threshold: float = Field(
+        4.0, ge=0, description="In-flight requests below which the load bound never applies."
+    )
+    prefer_prefix_over_session: bool = Field(
+        True, description="Longest cached prefix first, session home second (ties go home)."
+    )
+    stats_period_s: float = Field(2.0, gt=0, description="How often replicas report load.")
     max_retries: int = Field(2, ge=0, description="Retries on another replica after a replica dies.")
 
 

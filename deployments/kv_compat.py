@@ -56,3 +56,13 @@ def check_kv_compatible(prefill_model: str, prefill_dtype: str,
             f"{where}: decoder {decoder_model} cannot read the KV cache of {prefill_model} "
             f"({'; '.join(diffs)})"
         )
+
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "half": 2, "float": 4}
+
+
+def kv_blocks_in(space_gib: float, block_size: int, layout: KvLayout) -> int:
+    """How many KV blocks an engine holds in ``space_gib`` (K and V, every layer)."""
+    per_block = (2 * layout.num_layers * layout.num_kv_heads * layout.head_dim * block_size
+                 * _DTYPE_BYTES.get(layout.dtype, 2))
+    return max(1, int(space_gib * (1 << 30)) // per_block)

@@ -14,6 +14,7 @@ from typing import Any
 
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_host import EngineHost
+from vllm_runtime.engine_metrics import EngineMetrics
 from vllm_runtime.replica_identity import replica_engine_id, replica_rank
 
 
@@ -30,7 +31,9 @@ class PrefillServer:
     def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0) -> None:
         self.pool = pool
         spec = dataclasses.replace(spec, engine_id=replica_engine_id("prefill", pool))
-        self.engine = EngineHost(spec, core_index=core_offset + replica_rank())
+        self.metrics = EngineMetrics(pool, "prefill", spec.engine_id)
+        self.engine = EngineHost(spec, core_index=core_offset + replica_rank(),
+                                 on_stats=self.metrics.publish)
         self.inflight = 0
 
     async def prefill(self, request_id: str, prompt_token_ids: list[int],

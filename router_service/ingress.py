@@ -24,15 +24,17 @@ log = logging.getLogger(__name__)
 class RouterIngress:
     def __init__(self, app_config: dict[str, Any], roles: list[dict[str, Any]], base_model: str,
                  max_model_len: int, prefill_handles: dict[str, Any],
-                 decode_handles: dict[str, Any]) -> None:
+                 decode_handles: dict[str, Any], block_sizes: dict[str, int]) -> None:
         from transformers import AutoTokenizer
 
         from deployments.config import AppConfig
 
         self.config = AppConfig.model_validate(app_config)
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        prefill = {name: ServePrefillClient(h) for name, h in prefill_handles.items()}
-        decode = {name: ServeDecodeClient(h) for name, h in decode_handles.items()}
+        prefill = {name: ServePrefillClient(h, block_sizes[name], name)
+                   for name, h in prefill_handles.items()}
+        decode = {name: ServeDecodeClient(h, block_sizes[name], name)
+                  for name, h in decode_handles.items()}
         routes = {
             r["role"]: RoleRoute(prefill[r["prefill_deployment"]], decode[r["decode_deployment"]],
                                  r["lora_name"])

@@ -116,7 +116,9 @@ class PrefillShareBackend:
                     t_first = time.perf_counter()
                     first = False
                 if delta.finish_reason is not None:
-                    delta = dataclasses.replace(delta, stats={
+                    # cached_tokens in the API's usage: what the PREFILL pool's prefix cache
+                    # served, the number that says whether routing kept the session local.
+                    delta = dataclasses.replace(delta, num_cached_prompt_tokens=prefill.num_cached_tokens, stats={
                         **delta.stats,
                         "prefill_s": t_prefill - t0,
                         "ttft_s": t_first - t0,

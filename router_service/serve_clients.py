@@ -9,6 +9,7 @@ from typing import Any
 
 from router_service.backend import GenerationDelta, SamplingSpec
 from router_service.pd_backend import ReplicaGone
+from router_service.routing.block_hashes import prompt_block_hashes
 
 
 def _is_replica_loss(exc: BaseException) -> bool:
@@ -29,14 +30,18 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 class ServePrefillClient:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, block_size: int, namespace: str) -> None:
         self.handle = handle
+        self.block_size = block_size
+        self.namespace = namespace
 
     async def prefill(self, request_id: str, prompt_token_ids: list[int],
                       session_id: str | None) -> Any:
         h = self.handle.options(session_id=session_id) if session_id else self.handle
+        # The request router ranks replicas by which of these blocks they already hold.
+        hashes = prompt_block_hashes(prompt_token_ids, self.block_size, self.namespace)
         try:
-            return await h.prefill.remote(request_id, prompt_token_ids)
+            return await h.prefill.remote(request_id, prompt_token_ids, block_hashes=list(hashes))
         except Exception as exc:
             if _is_replica_loss(exc):
                 raise ReplicaGone(str(exc)) from exc
@@ -44,8 +49,10 @@ class ServePrefillClient:
 
 
 class ServeDecodeClient:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, block_size: int, namespace: str) -> None:
         self.handle = handle
+        self.block_size = block_size
+        self.namespace = namespace
 
     async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingSpec,
                        kv_transfer_params: dict[str, Any], lora_name: str | None,
@@ -53,7 +60,9 @@ class ServeDecodeClient:
         h = self.handle.options(stream=True)
         if session_id:
             h = h.options(session_id=session_id)
-        gen = h.generate.remote(request_id, prompt_token_ids, sampling, kv_transfer_params, lora_name)
+        hashes = prompt_block_hashes(prompt_token_ids, self.block_size, self.namespace)
+        gen = h.generate.remote(request_id, prompt_token_ids, sampling, kv_transfer_params,
+                                lora_name, block_hashes=list(hashes))
         try:
             async for delta in gen:
                 yield delta

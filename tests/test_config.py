@@ -138,7 +138,7 @@ def test_load_config_raises_one_config_error_naming_the_field():
     from deployments.app import ConfigError, load_config
 
     with pytest.raises(ConfigError) as info:
-        load_config(_cfg(routing={"load_bound": 1.0}))
+        load_config(_cfg(routing={"load_bound": 0.5}))
     assert str(info.value).startswith("invalid config: routing.load_bound: ")
     assert isinstance(info.value, ValueError)
     assert info.value.__cause__ is None  # one message, not a pydantic traceback chain

@@ -1,9 +1,10 @@
-"""`python -m training {train,eval,example-config}`: the training CLI (runs in the driver).
+"""`python -m training {train,eval,nll,example-config}`: the training CLI (runs in the driver).
 
 train: one decoder for one task on Ray Train; rerun the same command after a crash to resume
        from the latest checkpoint (same run name and storage dir).
 eval:  scores base / Full-FT / naive sharing / PrefillShare (+LoRA) and the r sweep; writes
        results.json, table.md and sweep.png to the eval config's output_dir.
+nll:   teacher-forced held-out NLL per response token for the same variants and r sweep.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--max-failures", type=int, default=0, help="worker crashes Ray Train retries in-run")
     evaluate = sub.add_parser("eval", help="score decoders across the KV boundary")
     evaluate.add_argument("--config", type=Path, required=True, help="evaluation YAML (see example-config eval)")
+    nll = sub.add_parser("nll", help="held-out response NLL per token across the r sweep")
+    nll.add_argument("--config", type=Path, required=True, help="the same evaluation YAML")
+    nll.add_argument("--limit", type=int, default=96, help="held-out examples per task")
     example = sub.add_parser("example-config", help="print an example YAML")
     example.add_argument("kind", choices=["train", "eval"])
     return parser
@@ -74,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_yaml(args.config, TrainConfig)
         print(run_training(cfg, ray_temp_dir=args.ray_temp_dir, max_failures=args.max_failures))
+        return 0
+    if args.command == "nll":
+        from training.heldout_nll import write_nll
+
+        print(write_nll(load_yaml(args.config, EvalConfig), args.limit))
         return 0
     from training.evaluate import run_evaluation
 

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from vllm_runtime import replica_env
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 class EngineHost:
-    def __init__(self, spec: EngineSpec, *, core_index: int = 0) -> None:
+    def __init__(self, spec: EngineSpec, *, core_index: int = 0,
+                 on_stats: Callable[[EngineCounters], None] | None = None) -> None:
         started = time.perf_counter()
         self.spec = spec
         self.on_cpu = replica_env.on_cpu_platform()
@@ -45,7 +46,7 @@ class EngineHost:
         kwargs["kv_transfer_config"] = KVTransferConfig(**kwargs["kv_transfer_config"])
         self.counters = EngineCounters()
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self.counters)]
+            AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self.counters, on_stats)]
         )
         self.start_s = time.perf_counter() - started
         self.requests_started = 0

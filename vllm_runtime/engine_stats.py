@@ -7,6 +7,7 @@ is created by vLLM through a factory, so it writes into a counters object captur
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,8 +62,9 @@ class EngineCounters:
         self.kv_expired_leases += len(data.get("num_kv_expired_reqs") or [])
 
 
-def stat_logger_factory(counters: EngineCounters) -> Any:
-    """A vLLM StatLoggerFactory whose loggers add into ``counters``."""
+def stat_logger_factory(counters: EngineCounters,
+                        on_update: Callable[[EngineCounters], None] | None = None) -> Any:
+    """A vLLM StatLoggerFactory whose loggers add into ``counters`` (then call ``on_update``)."""
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     class CountersLogger(StatLoggerBase):
@@ -73,6 +75,8 @@ def stat_logger_factory(counters: EngineCounters) -> Any:
                    mm_cache_stats: Any = None, engine_idx: int = 0) -> None:
             if scheduler_stats is not None:
                 self.counters.add_scheduler_stats(scheduler_stats)
+                if on_update is not None:
+                    on_update(self.counters)
 
         def log_engine_initialized(self) -> None:
             pass

@@ -1,0 +1,102 @@
+"""PrefixLocalityRequestRouter: the Ray Serve glue around a pure routing policy.
+
+Lives in the CALLER's process (the ingress replica), one per deployment handle, which is why
+session homes are rendezvous-hashed (every ingress replica computes the same home without
+shared state). Serve calls ``choose_replicas`` per request and takes the least-queued replica
+of the first ranked group that has capacity; the policy's groups are singletons except the
+overloaded tail, so the first group is the pick.
+
+Configured through ``RequestRouterConfig(request_router_kwargs=...)`` (deployments/app.py):
+``policy`` names one of POLICIES; the rest are RoutingPolicyConfig fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from router_service.routing.baselines import (
+    LeastLoadedPolicy,
+    PowerOfTwoPolicy,
+    PrefixAffinityPolicy,
+    SessionStickyPolicy,
+)
+from router_service.routing.decisions import classify_decision
+from router_service.routing.interface import ReplicaLoad, RouteRequest
+from router_service.routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
+
+log = logging.getLogger(__name__)
+
+POLICIES = {
+    "prefix_locality": lambda cfg: PrefixLocalityPolicy(cfg),
+    "session_sticky": lambda cfg: SessionStickyPolicy(cfg.block_size, cfg.index_capacity_blocks),
+    "power_of_two": lambda cfg: PowerOfTwoPolicy(cfg.block_size, cfg.index_capacity_blocks),
+    "prefix_affinity": lambda cfg: PrefixAffinityPolicy(cfg.block_size, cfg.index_capacity_blocks),
+    "least_loaded": lambda cfg: LeastLoadedPolicy(cfg.block_size, cfg.index_capacity_blocks),
+}
+
+
+def route_request_of(pending: PendingRequest | None) -> RouteRequest:
+    """What the ingress put in the call: (request_id, prompt_token_ids, ...) plus the
+    ``block_hashes`` kwarg; the session id rides in the handle options."""
+    if pending is None:
+        return RouteRequest("", None, (), 0)
+    meta = pending.metadata
+    prompt = pending.args[1] if len(pending.args) > 1 else pending.kwargs.get("prompt_token_ids", ())
+    return RouteRequest(
+        request_id=meta.internal_request_id,
+        session_id=meta.session_id or None,
+        block_hashes=tuple(pending.kwargs.get("block_hashes") or ()),
+        num_tokens=len(prompt),
+    )
+
+
+class PrefixLocalityRequestRouter(RequestRouter):
+    def initialize_state(self, policy: str = "prefix_locality", deployment: str = "",
+                         **config: Any) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown routing policy {policy!r}; one of {sorted(POLICIES)}")
+        self.policy = POLICIES[policy](RoutingPolicyConfig(**config))
+        self.policy_name = policy
+        from router_service.routing.metrics import RoutingMetrics
+
+        self.metrics = RoutingMetrics(deployment or "unknown")
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None,
+                              ) -> list[list[RunningReplica]]:
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        loads = [ReplicaLoad(rid, self._queue_len(r)) for rid, r in by_id.items()]
+        request = route_request_of(pending_request)
+        ranked = self.policy.rank(loads, request)
+        groups = [[by_id[i] for i in g if i in by_id] for g in ranked]
+        groups = [g for g in groups if g]
+        if pending_request is not None and groups:
+            top = groups[0][0].replica_id.unique_id
+            # Recorded at choice time: the pick is groups[0] unless that replica is at
+            # max_ongoing_requests, and counting it now keeps a burst from piling onto it.
+            self.policy.on_sent(top, request)
+            self.metrics.decision(classify_decision(self.policy, loads, request, top))
+        return groups or [candidate_replicas]
+
+    def _queue_len(self, replica: RunningReplica) -> int:
+        cached = self._replica_queue_len_cache.get(replica.replica_id)
+        return int(cached or 0)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        super().on_request_completed(replica_id, internal_request_id)
+        self.policy.on_finished(replica_id.unique_id, internal_request_id)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.policy.on_replica_removed(replica_id.unique_id)
+        self.metrics.decision("failover")
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        live = {r.replica_id.unique_id for r in replicas}
+        gone = {rid.unique_id for rid in self.curr_replicas} - live
+        super().update_replicas(replicas)
+        for rid in gone:  # drained or replaced: its sessions move on
+            self.policy.on_replica_removed(rid)

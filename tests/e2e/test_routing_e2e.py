@@ -1,0 +1,97 @@
+"""Routing on real engines: a four-role multi-turn session over two prefill replicas hits the
+prefill prefix cache on everything but its new tokens (vLLM's own counters, reported as
+usage.prompt_tokens_details.cached_tokens), and when its prefill replica is killed the
+session goes on at the other replica with no failed request."""
+
+from __future__ import annotations
+
+import pytest
+
+from deployments.inprocess import APP, running_app, tiny_engine, tiny_models
+from router_service.routing.rendezvous import rendezvous_owner
+from tests.e2e.test_lora_pool_e2e import _make_adapter
+
+pytestmark = pytest.mark.slow
+
+BLOCK = 32  # vLLM CPU attention takes multiples of 32
+ROLES = ("planner", "coder", "tool_caller", "critic")
+
+
+@pytest.fixture(scope="module")
+def app():
+    from deployments.model_assets import cache_dir
+
+    base, _ = tiny_models()
+    adapters = {r: _make_adapter(base, cache_dir() / f"tiny-e2e-lora-{r}", 30 + i)
+                for i, r in enumerate(ROLES)}
+    engine = tiny_engine(block_size=BLOCK)
+    args = {
+        "base_model": base,
+        "prefill_pools": {"shared": {"replicas": 2, "engine": engine}},
+        "lora_pool": {"engine": engine, "max_lora_rank": 8, "max_loras": 4},
+        "roles": [{"name": r, "lora_adapter": p} for r, p in adapters.items()],
+    }
+    with running_app(args) as running:
+        yield running
+
+
+def _prefill_replicas() -> dict[str, str]:
+    """unique replica id -> actor name, for the live prefill replicas."""
+    import ray
+
+    out = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        name = entry["name"]
+        if name.startswith(f"SERVE_REPLICA::{APP}#prefill-shared#"):
+            out[name.rsplit("#", 1)[1]] = name
+    return out
+
+
+def _call(app, role: str, messages: list[dict], session: str) -> tuple[str, int, int]:
+    r = app.client.post("/v1/chat/completions", headers={"x-session-id": session}, json={
+        "model": role, "messages": messages, "max_tokens": 12, "temperature": 0})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    return (r.json()["choices"][0]["message"]["content"], usage["prompt_tokens"],
+            usage["prompt_tokens_details"]["cached_tokens"])
+
+
+def _turns(app, session: str, messages: list[dict], turns: int, start: int = 0) -> list[tuple[int, int, int]]:
+    """Each agent call appends its output and a tool observation: (prev_len, len, cached)."""
+    out = []
+    prev = 0
+    for t in range(start, start + turns):
+        for role in ROLES:
+            text, n, cached = _call(app, role, messages, session)
+            out.append((prev, n, cached))
+            prev = n
+            messages.append({"role": "assistant", "content": f"[{role}] {text}"})
+            messages.append({"role": "user", "content": f"observation {t}: tool output for {role}"})
+    return out
+
+
+def test_session_hits_prefix_cache_then_survives_replica_death(app):
+    import ray
+
+    session = "session-e2e-1"
+    messages = [{"role": "system", "content": "Shared agent context. " * 40},
+                {"role": "user", "content": "Solve the task together."}]
+    calls = _turns(app, session, messages, turns=2)
+    # Every call after the first reuses all the full blocks of the previous prompt: the shared
+    # context (the previous prompt is a token prefix of this one) minus its partial last block.
+    for prev, n, cached in calls[1:]:
+        assert cached >= (prev // BLOCK) * BLOCK - BLOCK, (prev, n, cached)
+        assert cached <= n
+    hit = sum(c for _, _, c in calls[1:]) / sum(n for _, n, _ in calls[1:])
+    assert hit > 0.8
+
+    replicas = _prefill_replicas()
+    assert len(replicas) == 2
+    home = rendezvous_owner(session, list(replicas))
+    ray.kill(ray.get_actor(replicas[home], namespace="serve"), no_restart=True)
+
+    # The session goes on: no failed call; the first call after the kill is cold on the
+    # survivor, the ones after it hit again.
+    after = _turns(app, session, messages, turns=1, start=2)
+    assert all(cached <= n for _, n, cached in after)
+    assert sum(c for _, _, c in after[1:]) / sum(n for _, n, _ in after[1:]) > 0.8
