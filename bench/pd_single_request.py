@@ -88,11 +88,14 @@ def measure_plain(model: str, engine: dict[str, Any], prompts: list[list[int]], 
     from vllm.inputs import TokensPrompt
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from vllm_runtime.engine_args import resolve_dtype
+
     async def run() -> dict[str, Any]:
         t0 = time.perf_counter()
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(
             model=model, max_model_len=engine["max_model_len"], enforce_eager=True,
-            enable_prefix_caching=True, dtype=engine.get("dtype", "auto")))
+            enable_prefix_caching=True,
+            dtype=resolve_dtype(engine.get("dtype", "auto"), on_cpu=True)))
         start_s = time.perf_counter() - t0
         ttfts, tps = [], []
         for i, p in enumerate(prompts):

@@ -13,7 +13,7 @@ import pytest
 
 from deployments.config import EngineOptions
 from vllm_runtime import nixl_tuning
-from vllm_runtime.engine_args import EngineSpec, engine_kwargs
+from vllm_runtime.engine_args import EngineSpec, engine_kwargs, cpu_has_fast_bf16, resolve_dtype
 from vllm_runtime.engine_stats import EngineCounters
 from vllm_runtime.replica_env import cpu_bind_for, engine_environment, free_port, node_host
 
@@ -113,10 +113,19 @@ def test_producer_kwargs_on_cpu():
     assert kw["model"] == kw["tokenizer"] == kw["served_model_name"] == "/models/base"
     assert kw["enable_prefix_caching"] is True
     assert (kw["max_model_len"], kw["block_size"], kw["max_num_seqs"]) == (2048, 128, 32)
-    assert kw["dtype"] == "auto" and kw["enforce_eager"] is True
+    assert kw["dtype"] == resolve_dtype("auto", on_cpu=True) and kw["enforce_eager"] is True
     assert kw["disable_log_stats"] is False
     for absent in ("kv_cache_memory_bytes", "max_num_batched_tokens", "enable_lora"):
         assert absent not in kw
+
+
+def test_auto_dtype_is_float32_on_a_cpu_without_fast_bf16():
+    assert resolve_dtype("auto", on_cpu=True, fast_bf16=False) == "float32"
+    assert resolve_dtype("auto", on_cpu=True, fast_bf16=True) == "auto"
+    assert resolve_dtype("auto", on_cpu=False, fast_bf16=False) == "auto"
+    assert resolve_dtype("bfloat16", on_cpu=True, fast_bf16=False) == "bfloat16"  # asked for
+    assert cpu_has_fast_bf16("flags : fpu avx2 avx512_bf16") is True
+    assert cpu_has_fast_bf16("flags : fpu avx2") is False
 
 
 def test_consumer_kwargs_off_cpu_with_lora_and_overrides():
