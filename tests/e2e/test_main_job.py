@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -35,12 +36,14 @@ def test_up_deploys_config_prints_endpoints_and_cleans_up(tmp_path: Path):
                                 "decode_pool": {"engine": tiny_engine()}}]},
         }],
     }
+    # Ray's socket paths live under the temp dir and AF_UNIX paths stop at 107 bytes.
+    ray_dir = Path(tempfile.mkdtemp(prefix="psj-", dir="/tmp"))
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "deployments", "up", str(path), "--exit-when-ready",
            "--ray-port", str(free_port("127.0.0.1")),
            "--dashboard-port", str(free_port("127.0.0.1")),
-           "--ray-temp-dir", str(tmp_path / "ray"), "--run-dir", str(tmp_path / "run")]
+           "--ray-temp-dir", str(ray_dir), "--run-dir", str(tmp_path / "run")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "VLLM_HOST_IP": "127.0.0.1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -49,7 +52,7 @@ def test_up_deploys_config_prints_endpoints_and_cleans_up(tmp_path: Path):
     assert "stopped." in proc.stdout
     # Nothing of that cluster is left: no process still uses its temp dir, the port is free.
     leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if str(tmp_path / "ray") in " ".join(p.info["cmdline"] or [])]
+                 if str(ray_dir) in " ".join(p.info["cmdline"] or [])]
     assert not leftovers, [p.info["cmdline"][:3] for p in leftovers]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{http_port}/v1/models", timeout=2)
