@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
-from training.kv_boundary import base_prefix_cache, layout_batch
+from training.kv_boundary import boundary_cache, layout_batch
 
 
 @torch.no_grad()
@@ -53,13 +53,7 @@ def _generate_batch(
     device = next(decoder_model.parameters()).device
     b = len(contexts)
     batch = layout_batch(contexts, [[0]] * b, sharing_ratio, device=device, shared_prefix=shared_prefix)
-    cache = DynamicCache(config=decoder_model.config)
-    mask = batch.decoder_mask
-    if batch.base_ids.shape[1] > 0:
-        if base_model is None:
-            raise ValueError("a shared prefix needs the base model")
-        cache = base_prefix_cache(base_model, batch.base_ids, batch.base_mask)
-        mask = torch.cat([batch.base_mask, batch.decoder_mask], dim=1)  # (B, K + L)
+    cache, mask = boundary_cache(base_model, decoder_model, batch)
     backbone, head = decoder_model.get_decoder(), decoder_model.get_output_embeddings()
     rows = torch.arange(b, device=device)
     last = batch.target_index[:, 0]  # (B,) the column of x_n in each row

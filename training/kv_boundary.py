@@ -177,19 +177,29 @@ def conditioned_logits(
     return boundary_logits(base_model, decoder_model, batch)
 
 
+def boundary_cache(
+    base_model: PreTrainedModel | None,
+    decoder_model: PreTrainedModel,
+    batch: BoundaryBatch,
+) -> tuple[DynamicCache, torch.Tensor]:
+    """The base KV of a laid-out batch and the decoder's attention mask over (cache, own)."""
+    cache = DynamicCache(config=decoder_model.config)
+    mask = batch.decoder_mask
+    if batch.base_ids.shape[1] > 0:
+        if base_model is None:
+            raise ValueError("a shared prefix (sharing_ratio > 0) needs the base model")
+        cache = base_prefix_cache(base_model, batch.base_ids, batch.base_mask)
+        mask = torch.cat([batch.base_mask, batch.decoder_mask], dim=1)  # (B, K + L)
+    return cache, mask
+
+
 def boundary_logits(
     base_model: PreTrainedModel | None,
     decoder_model: PreTrainedModel,
     batch: BoundaryBatch,
 ) -> torch.Tensor:
     """conditioned_logits on an already laid-out batch (the training loop's entry)."""
-    cache = DynamicCache(config=decoder_model.config)
-    mask = batch.decoder_mask
-    if batch.base_ids.shape[1] > 0:
-        if base_model is None:
-            raise ValueError("sharing_ratio > 0 needs the base model")
-        cache = base_prefix_cache(base_model, batch.base_ids, batch.base_mask)
-        mask = torch.cat([batch.base_mask, batch.decoder_mask], dim=1)  # (B, K + L)
+    cache, mask = boundary_cache(base_model, decoder_model, batch)
     backbone = decoder_model.get_decoder()
     hidden = backbone(
         input_ids=batch.decoder_ids,
