@@ -8,15 +8,12 @@ One server may host several roles as LoRA adapters over the base weights.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 from router_service.backend import BackendError, GenerationDelta, SamplingSpec, TokenLogprob
 from vllm_runtime.engine_args import EngineSpec
-from vllm_runtime.engine_host import EngineHost
-from vllm_runtime.engine_metrics import EngineMetrics
-from vllm_runtime.replica_identity import replica_engine_id, replica_rank
+from vllm_runtime.engine_server import EngineServer
 
 
 def sampling_params(spec: SamplingSpec, kv_transfer_params: dict[str, Any] | None) -> Any:
@@ -60,16 +57,13 @@ def to_delta(out: Any) -> GenerationDelta:
     )
 
 
-class DecodeServer:
+class DecodeServer(EngineServer):
+    kind = "decode"
+
     def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0,
                  lora_adapters: dict[str, str] | None = None) -> None:
-        self.pool = pool
-        spec = dataclasses.replace(spec, engine_id=replica_engine_id("decode", pool))
-        self.metrics = EngineMetrics(pool, "decode", spec.engine_id)
-        self.engine = EngineHost(spec, core_index=core_offset + replica_rank(),
-                                 on_stats=self.metrics.publish)
+        super().__init__(spec, pool, core_offset)
         self.lora_requests = self._lora_requests(lora_adapters or {})
-        self.inflight = 0
 
     @staticmethod
     def _lora_requests(adapters: dict[str, str]) -> dict[str, Any]:
@@ -105,18 +99,3 @@ class DecodeServer:
     async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
         """Frees the prefill engine's leased blocks for a request that will never be decoded."""
         await self.engine.engine.notify_kv_transfer_request_rejected(request_id, kv_transfer_params)
-
-    async def all_blocks_free(self) -> bool:
-        return await self.engine.all_blocks_free()
-
-    async def stats(self) -> dict[str, Any]:
-        return {"pool": self.pool, "inflight": self.inflight, **self.engine.report()}
-
-    def record_routing_stats(self) -> dict[str, Any]:
-        c = self.engine.counters
-        return {"inflight": self.inflight, "kv_cache_usage": c.kv_cache_usage, "waiting": c.waiting}
-
-    def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.shutdown()

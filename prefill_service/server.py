@@ -12,10 +12,7 @@ import dataclasses
 import time
 from typing import Any
 
-from vllm_runtime.engine_args import EngineSpec
-from vllm_runtime.engine_host import EngineHost
-from vllm_runtime.engine_metrics import EngineMetrics
-from vllm_runtime.replica_identity import replica_engine_id, replica_rank
+from vllm_runtime.engine_server import EngineServer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,14 +24,8 @@ class PrefillResult:
     engine_id: str
 
 
-class PrefillServer:
-    def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0) -> None:
-        self.pool = pool
-        spec = dataclasses.replace(spec, engine_id=replica_engine_id("prefill", pool))
-        self.metrics = EngineMetrics(pool, "prefill", spec.engine_id)
-        self.engine = EngineHost(spec, core_index=core_offset + replica_rank(),
-                                 on_stats=self.metrics.publish)
-        self.inflight = 0
+class PrefillServer(EngineServer):
+    kind = "prefill"
 
     async def prefill(self, request_id: str, prompt_token_ids: list[int],
                       block_hashes: list[int] | None = None) -> PrefillResult:
@@ -63,20 +54,3 @@ class PrefillServer:
             prefill_s=time.perf_counter() - started,
             engine_id=self.engine.spec.engine_id,
         )
-
-    async def all_blocks_free(self) -> bool:
-        return await self.engine.all_blocks_free()
-
-    async def stats(self) -> dict[str, Any]:
-        return {"pool": self.pool, "inflight": self.inflight, **self.engine.report()}
-
-    def record_routing_stats(self) -> dict[str, Any]:
-        """Published to the request router every request_routing_stats_period_s."""
-        c = self.engine.counters
-        return {"inflight": self.inflight, "kv_cache_usage": c.kv_cache_usage,
-                "waiting": c.waiting, "prefix_hit_ratio": c.prefix_hit_ratio}
-
-    def __del__(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.shutdown()

@@ -1,0 +1,42 @@
+"""EngineServer: what the prefill and decode servers share: one EngineHost in the replica,
+its metrics, an in-flight count, the leak probe, stats and the routing stats Serve polls.
+Runs in a Serve replica process."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vllm_runtime.engine_args import EngineSpec
+from vllm_runtime.engine_host import EngineHost
+from vllm_runtime.engine_metrics import EngineMetrics
+from vllm_runtime.replica_identity import replica_engine_id, replica_rank
+
+
+class EngineServer:
+    kind = "engine"  # "prefill" or "decode" in subclasses: names engine ids and metrics
+
+    def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0) -> None:
+        self.pool = pool
+        spec = dataclasses.replace(spec, engine_id=replica_engine_id(self.kind, pool))
+        self.metrics = EngineMetrics(pool, self.kind, spec.engine_id)
+        self.engine = EngineHost(spec, core_index=core_offset + replica_rank(),
+                                 on_stats=self.metrics.publish)
+        self.inflight = 0
+
+    async def all_blocks_free(self) -> bool:
+        return await self.engine.all_blocks_free()
+
+    async def stats(self) -> dict[str, Any]:
+        return {"pool": self.pool, "inflight": self.inflight, **self.engine.report()}
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Published to the request router every request_routing_stats_period_s."""
+        c = self.engine.counters
+        return {"inflight": self.inflight, "kv_cache_usage": c.kv_cache_usage,
+                "waiting": c.waiting, "prefix_hit_ratio": c.prefix_hit_ratio}
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
