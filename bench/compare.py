@@ -33,7 +33,7 @@ def run_topology(name: str, args: dict[str, Any], loads: list[tuple[float, int]]
         for rate, conc in loads:
             wl = base.model_copy(update={"arrival_rate": rate, "max_concurrent_sessions": conc})
             print(f"[compare] {name}: rate {rate}/s, max {conc} sessions", file=sys.stderr, flush=True)
-            result = asyncio.run(drive(app.url, wl, stats_url=app.url))
+            result = asyncio.run(drive(app.url, wl, stats_url=f"{app.url}/stats"))
             summary = summarize(result, block_size=block_size)
             out.append({"topology": name, "rate": rate, "max_concurrent": conc, "summary": summary})
     return out
