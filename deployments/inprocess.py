@@ -4,8 +4,10 @@ measurement scripts; one app at a time per process. `prefillshare up` is the pat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import uuid
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,6 +49,27 @@ class RunningApp:
         r = self.client.get("/stats")
         r.raise_for_status()
         return r.json()
+
+    def greedy_pd(self, prefill: str, decode: str, prompt: list[int], max_tokens: int,
+                  lora_name: str | None = None) -> tuple[list[int], list[float], Any]:
+        """One greedy P/D request through the Serve handles (below the HTTP API): the token
+        ids, each chosen token's logprob, and the prefill result."""
+        from router_service.backend import SamplingSpec
+
+        async def run() -> tuple[list[int], list[float], Any]:
+            rid = uuid.uuid4().hex
+            pre = await self.handle(prefill).prefill.remote(rid, prompt)
+            spec = SamplingSpec(max_tokens=max_tokens, temperature=0.0, logprobs=0, ignore_eos=True)
+            ids: list[int] = []
+            lps: list[float] = []
+            gen = self.handle(decode).options(stream=True).generate.remote(
+                rid, prompt, spec, pre.kv_transfer_params, lora_name)
+            async for delta in gen:
+                ids.extend(delta.token_ids)
+                lps.extend(t.logprob for t in delta.logprobs or ())
+            return ids, lps, pre
+
+        return asyncio.run(run())
 
 
 @contextlib.contextmanager

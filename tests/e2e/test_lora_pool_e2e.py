@@ -4,13 +4,10 @@ merged adapter as the decoder."""
 
 from __future__ import annotations
 
-import asyncio
 import random
-import uuid
 
 import pytest
 
-from router_service.backend import SamplingSpec
 from deployments.inprocess import running_app, tiny_engine, tiny_models
 
 pytestmark = pytest.mark.slow
@@ -67,19 +64,8 @@ def _reference(base_dir: str, adapter: str, prompt: list[int], n: int):
 
 
 def _served(app, role: str, prompt: list[int], n: int):
-    async def go():
-        rid = uuid.uuid4().hex
-        pre = await app.handle("prefill-shared").prefill.remote(rid, prompt)
-        spec = SamplingSpec(max_tokens=n, temperature=0.0, logprobs=0, ignore_eos=True)
-        ids, lps = [], []
-        gen = app.handle("decode-lora").options(stream=True).generate.remote(
-            rid, prompt, spec, pre.kv_transfer_params, role)
-        async for d in gen:
-            ids.extend(d.token_ids)
-            lps.extend(t.logprob for t in d.logprobs or ())
-        return ids, lps
-
-    return asyncio.run(go())
+    ids, lps, _ = app.greedy_pd("prefill-shared", "decode-lora", prompt, n, lora_name=role)
+    return ids, lps
 
 
 def test_each_role_adapter_decodes_from_shared_base_kv(setup):

@@ -59,23 +59,8 @@ def hf_models(models):
     return load(base), load(decoder)
 
 
-def _served(app, prompt: list[int], max_tokens: int, role: str = "planner") -> tuple[list[int], list[float], object]:
-    """Prefill then decode through the Serve handles: token ids and chosen-token logprobs."""
-
-    async def go():
-        rid = uuid.uuid4().hex
-        pre = await app.handle("prefill-shared").prefill.remote(rid, prompt)
-        spec = SamplingSpec(max_tokens=max_tokens, temperature=0.0, logprobs=0, ignore_eos=True)
-        ids: list[int] = []
-        lps: list[float] = []
-        gen = app.handle(f"decode-{role}").options(stream=True).generate.remote(
-            rid, prompt, spec, pre.kv_transfer_params, None)
-        async for delta in gen:
-            ids.extend(delta.token_ids)
-            lps.extend(t.logprob for t in delta.logprobs or ())
-        return ids, lps, pre
-
-    return asyncio.run(go())
+def _served(app, prompt: list[int], max_tokens: int, role: str = "planner"):
+    return app.greedy_pd("prefill-shared", f"decode-{role}", prompt, max_tokens)
 
 
 def _random_prompt(n: int, seed: int) -> list[int]:

@@ -5,14 +5,11 @@ context. The contract test checks random decoders; this one checks the training 
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 
 import pytest
 import torch
 
 from deployments.inprocess import running_app, tiny_engine, tiny_models
-from router_service.backend import SamplingSpec
 
 pytestmark = pytest.mark.slow
 
@@ -53,19 +50,7 @@ def test_trained_decoder_serves_with_training_logprobs(trained):
         example = data[0]
         context, answer = list(example.context), list(example.response)
 
-        async def served() -> tuple[list[int], list[float]]:
-            rid = uuid.uuid4().hex
-            pre = await app.handle("prefill-shared").prefill.remote(rid, context)
-            spec = SamplingSpec(max_tokens=6, temperature=0.0, logprobs=0, ignore_eos=True)
-            ids, lps = [], []
-            gen = app.handle("decode-solver").options(stream=True).generate.remote(
-                rid, context, spec, pre.kv_transfer_params, None)
-            async for d in gen:
-                ids.extend(d.token_ids)
-                lps.extend(t.logprob for t in d.logprobs or ())
-            return ids, lps
-
-        ids, lps = asyncio.run(served())
+        ids, lps, _ = app.greedy_pd("prefill-shared", "decode-solver", context, 6)
 
     base = load_causal_lm(base_dir).eval()
     decoder = load_causal_lm(decoder_dir).eval()
