@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from training.kv_boundary import boundary_cache, layout_batch
+from training.kv_boundary import boundary_forward, layout_batch
 
 
 @torch.no_grad()
@@ -53,17 +53,11 @@ def _generate_batch(
     device = next(decoder_model.parameters()).device
     b = len(contexts)
     batch = layout_batch(contexts, [[0]] * b, sharing_ratio, device=device, shared_prefix=shared_prefix)
-    cache, mask = boundary_cache(base_model, decoder_model, batch)
     backbone, head = decoder_model.get_decoder(), decoder_model.get_output_embeddings()
     rows = torch.arange(b, device=device)
     last = batch.target_index[:, 0]  # (B,) the column of x_n in each row
-    hidden = backbone(
-        input_ids=batch.decoder_ids,
-        attention_mask=mask,
-        position_ids=batch.decoder_positions,
-        past_key_values=cache,
-        use_cache=True,
-    ).last_hidden_state[rows, last]  # (B, H)
+    hidden, cache, mask = boundary_forward(base_model, decoder_model, batch)
+    hidden = hidden[rows, last]  # (B, H)
     position = batch.decoder_positions[rows, last] + 1  # (B,) next absolute position
     eos = torch.tensor(list(eos_ids) or [-1], device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)

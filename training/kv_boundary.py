@@ -193,21 +193,31 @@ def boundary_cache(
     return cache, mask
 
 
-def boundary_logits(
+def boundary_forward(
     base_model: PreTrainedModel | None,
     decoder_model: PreTrainedModel,
     batch: BoundaryBatch,
-) -> torch.Tensor:
-    """conditioned_logits on an already laid-out batch (the training loop's entry)."""
+) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+    """The decoder's backbone over its columns, on the base KV: hidden states (B, L, H), the
+    cache (base KV + the decoder's own, for further decoding) and the attention mask."""
     cache, mask = boundary_cache(base_model, decoder_model, batch)
-    backbone = decoder_model.get_decoder()
-    hidden = backbone(
+    hidden = decoder_model.get_decoder()(
         input_ids=batch.decoder_ids,
         attention_mask=mask,
         position_ids=batch.decoder_positions,
         past_key_values=cache,
         use_cache=True,
     ).last_hidden_state  # (B, L, H)
+    return hidden, cache, mask
+
+
+def boundary_logits(
+    base_model: PreTrainedModel | None,
+    decoder_model: PreTrainedModel,
+    batch: BoundaryBatch,
+) -> torch.Tensor:
+    """conditioned_logits on an already laid-out batch (the training loop's entry)."""
+    hidden, _, _ = boundary_forward(base_model, decoder_model, batch)  # (B, L, H)
     # Only the response columns go through the (H -> V) head: r = 0 would otherwise build
     # logits for every context token.
     index = batch.target_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, M, H)
