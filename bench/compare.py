@@ -74,13 +74,13 @@ def plot(table: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     x = [f"{r['rate']}/s\n≤{r['max_concurrent']}" for r in table]
     paths = []
-    for key, label, fname in (("p95", "p95 end-to-end latency per call (s)", "bench_p95.png"),
-                              ("tput", "output tokens/s", "bench_throughput.png")):
+    for base_key, ps_key, label, fname in (
+            ("p95_baseline_s", "p95_prefillshare_s", "p95 end-to-end latency per call (s)",
+             "bench_p95.png"),
+            ("tput_baseline", "tput_prefillshare", "output tokens/s", "bench_throughput.png")):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(x, [r[f"{key}_baseline" if key == "tput" else "p95_baseline_s"] for r in table],
-                "o-", label="baseline (per-model P/D)")
-        ax.plot(x, [r[f"{key}_prefillshare" if key == "tput" else "p95_prefillshare_s"] for r in table],
-                "s-", label="PrefillShare")
+        ax.plot(x, [r[base_key] for r in table], "o-", label="baseline (per-model P/D)")
+        ax.plot(x, [r[ps_key] for r in table], "s-", label="PrefillShare")
         ax.set_xlabel("session arrival rate / max concurrent sessions")
         ax.set_ylabel(label)
         ax.legend()
