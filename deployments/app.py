@@ -61,6 +61,8 @@ def _router_config(cfg: AppConfig, policy: str, pool: EnginePool) -> RequestRout
 
 def _engine_deployment(cls: type, pool: EnginePool, router: RequestRouterConfig) -> Any:
     actor_options: dict[str, Any] = {"num_cpus": pool.options.num_cpus}
+    if pool.options.num_gpus:
+        actor_options["num_gpus"] = pool.options.num_gpus
     if pool.options.resources:
         actor_options["resources"] = dict(pool.options.resources)
     return serve.deployment(cls).options(

@@ -52,8 +52,13 @@ class PoolOptions(_Strict):
     num_cpus: float = Field(
         0, ge=0, description="Ray CPUs per replica; 0 so engines do not starve a small cluster."
     )
+    num_gpus: float = Field(
+        0, ge=0, description="Ray GPUs per replica (an engine's tensor-parallel size on GPU nodes)."
+    )
     resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources (node-pool placement)."
+        default_factory=dict,
+        description="Custom Ray resources per replica: pins the pool to the nodes that advertise "
+        "them (the node-pool placement `prefillshare render-k8s` writes); empty: anywhere.",
     )
     max_ongoing_requests: int = Field(32, ge=1)
     engine: EngineOptions = Field(default_factory=EngineOptions)

@@ -44,6 +44,29 @@ class DeploymentPlan:
     base_model: str  # resolved folder: the tokenizer and chat template come from here
 
 
+def prefill_deployment_name(pool: str) -> str:
+    return f"prefill-{pool}"
+
+
+def decode_deployment_name(role: RoleConfig) -> str:
+    """A LoRA role decodes on the shared LoRA pool; any other on its own pool."""
+    return f"decode-{LORA_POOL}" if role.lora_adapter else f"decode-{role.name}"
+
+
+def engine_pools(cfg: AppConfig) -> dict[str, PoolOptions]:
+    """Serve deployment name -> its pool options, for every engine deployment the app creates.
+    Pure (no model resolution): the k8s renderer places these on node pools."""
+    pools: dict[str, PoolOptions] = {
+        prefill_deployment_name(name): pool for name, pool in cfg.prefill_pools.items()}
+    for role in cfg.roles:
+        if role.lora_adapter:
+            assert cfg.lora_pool is not None  # the schema guarantees it
+            pools[decode_deployment_name(role)] = cfg.lora_pool
+        else:
+            pools[decode_deployment_name(role)] = role.decode_pool
+    return pools
+
+
 def make_plan(cfg: AppConfig) -> DeploymentPlan:
     base = resolve_model(cfg.base_model)
     core = 0
@@ -54,7 +77,7 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         prefill_models[name] = model
         spec = EngineSpec(model=model, side="producer", options=pool.engine,
                           prefix_caching=True, engine_id=f"prefill-{name}")
-        prefill.append(EnginePool(f"prefill-{name}", name, spec, pool, core))
+        prefill.append(EnginePool(prefill_deployment_name(name), name, spec, pool, core))
         core += pool.replicas * pool.engine.cpu_threads
 
     decode: list[EnginePool] = []
@@ -66,10 +89,11 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         model = resolve_model(cfg.decoder_model(role))
         spec = _decode_spec(cfg, role, model, prefill_models[role.prefill_pool],
                             cfg.prefill_pools[role.prefill_pool].engine.dtype)
-        decode.append(EnginePool(f"decode-{role.name}", role.name, spec, role.decode_pool, core))
+        decode.append(EnginePool(decode_deployment_name(role), role.name, spec, role.decode_pool,
+                                 core))
         core += role.decode_pool.replicas * role.decode_pool.engine.cpu_threads
-        roles.append(RolePlan(role.name, f"prefill-{role.prefill_pool}", f"decode-{role.name}",
-                              None, role.instructions))
+        roles.append(RolePlan(role.name, prefill_deployment_name(role.prefill_pool),
+                              decode_deployment_name(role), None, role.instructions))
     if lora_roles:
         assert cfg.lora_pool is not None  # the schema guarantees it
         lp = cfg.lora_pool
@@ -87,8 +111,8 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
                     if r.lora_adapter}
         decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters))
         for r in lora_roles:
-            roles.append(RolePlan(r.name, f"prefill-{r.prefill_pool}", f"decode-{LORA_POOL}",
-                                  r.name, r.instructions))
+            roles.append(RolePlan(r.name, prefill_deployment_name(r.prefill_pool),
+                                  decode_deployment_name(r), r.name, r.instructions))
     order = {r.name: i for i, r in enumerate(cfg.roles)}
     roles.sort(key=lambda r: order[r.role])
     return DeploymentPlan(tuple(prefill), tuple(decode), tuple(roles), base)
