@@ -8,12 +8,22 @@ One server may host several roles as LoRA adapters over the base weights.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from router_service.backend import BackendError, GenerationDelta, SamplingSpec, TokenLogprob
+from router_service.pd_backend import KV_LOADED_STAT, KV_PULL_FAILED
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_server import EngineServer
+from vllm_runtime.kv_pull_probe import EXTENSION as KV_PULL_EXTENSION
+from vllm_runtime.kv_pull_probe import KvPullWatcher
+
+# Sent once the request's KV is in this engine, before its first token (router's timeouts).
+KV_LOADED = GenerationDelta(text="", token_ids=(), stats={KV_LOADED_STAT: 1.0})
 
 
 def sampling_params(spec: SamplingSpec, kv_transfer_params: dict[str, Any] | None) -> Any:
@@ -62,8 +72,13 @@ class DecodeServer(EngineServer):
 
     def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0,
                  lora_adapters: dict[str, str] | None = None) -> None:
-        super().__init__(spec, pool, core_offset)
+        # The worker extension lists in-flight KV pulls (vllm_runtime/kv_pull_probe.py).
+        options = spec.options.model_copy(
+            update={"extra": {"worker_extension_cls": KV_PULL_EXTENSION, **spec.options.extra}})
+        super().__init__(dataclasses.replace(spec, options=options), pool, core_offset)
+        self.kv_pulls = KvPullWatcher(self.engine.engine)
         self.lora_requests = self._lora_requests(lora_adapters or {})
+        self.kv_pull_faults_armed = 0  # fault injection (bench/fault_run.py); 0 in service
 
     @staticmethod
     def _lora_requests(adapters: dict[str, str]) -> dict[str, Any]:
@@ -84,18 +99,79 @@ class DecodeServer(EngineServer):
             if lora_name not in self.lora_requests:
                 raise BackendError(f"adapter {lora_name!r} is not served here", 500, retryable=False)
             lora = self.lora_requests[lora_name]
+        if kv_transfer_params and self.kv_pull_faults_armed > 0:
+            self.kv_pull_faults_armed -= 1
+            kv_transfer_params = unreachable_kv_source(kv_transfer_params)
         params = sampling_params(sampling, kv_transfer_params)
         self.inflight += 1
+        outputs = self.engine.generate(prompt_token_ids, params, request_id, lora)
         try:
-            async for out in self.engine.generate(prompt_token_ids, params, request_id, lora):
-                delta = to_delta(out)
-                if delta.finish_reason == "error":
-                    # vLLM's only request-level error: the KV pull failed (policy "fail").
-                    raise BackendError("KV transfer from the prefill pool failed; retry", 503)
-                yield delta
+            if kv_transfer_params:
+                # Until the first output: tell the router when the KV pull is over.
+                first = None
+                async for item in self._until_first_output(request_id, outputs):
+                    if item is KV_LOADED:
+                        yield KV_LOADED
+                    else:
+                        first = item
+                if first is None:
+                    return
+                yield _checked(to_delta(first))
+            async for out in outputs:
+                yield _checked(to_delta(out))
         finally:
+            await outputs.aclose()
             self.inflight -= 1
+
+    async def _until_first_output(self, request_id: str,
+                                  outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Yields KV_LOADED if the KV pull ends before the first output, then that output
+        (nothing if the stream ends without one)."""
+        loaded = self.kv_pulls.watch(request_id)
+        first = asyncio.ensure_future(anext(outputs, None))
+        waiter = asyncio.ensure_future(loaded.wait())
+        try:
+            done, _ = await asyncio.wait({first, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if first not in done:
+                yield KV_LOADED
+            out = await first
+        finally:
+            self.kv_pulls.forget(request_id)
+            waiter.cancel()
+            if not first.done():  # our consumer left: cancelling aborts the engine request
+                first.cancel()
+                with contextlib.suppress(BaseException):
+                    await first
+        if out is not None:
+            yield out
+
+    async def fail_next_kv_pulls(self, count: int = 1, target_replica: str | None = None) -> str:
+        """Fault injection: the next ``count`` requests of this replica pull their KV from an
+        address where no prefill engine listens, so vLLM's real failure path runs (NIXL
+        handshake fails; policy fail: error, recompute: local prefill). The real prefill
+        blocks stay leased until the router's release or the lease expiry, as after any real
+        failed pull. ``target_replica`` is read by the request router. Returns the engine id."""
+        self.kv_pull_faults_armed += count
+        return self.engine.spec.engine_id
 
     async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
         """Frees the prefill engine's leased blocks for a request that will never be decoded."""
         await self.engine.engine.notify_kv_transfer_request_rejected(request_id, kv_transfer_params)
+
+
+def _checked(delta: GenerationDelta) -> GenerationDelta:
+    if delta.finish_reason == "error":
+        # vLLM's only request-level error: the KV pull failed (policy "fail").
+        raise BackendError("KV transfer from the prefill pool failed; retry", 503,
+                           code=KV_PULL_FAILED)
+    return delta
+
+
+def unreachable_kv_source(params: dict[str, Any]) -> dict[str, Any]:
+    """The same transfer, pointed at a prefill engine that does not exist (a closed port on
+    the same host): the pull fails at the NIXL handshake."""
+    from vllm_runtime.replica_env import free_port
+
+    host = str(params.get("remote_host") or "127.0.0.1")
+    return {**params, "remote_engine_id": f"fault-injected-{uuid.uuid4().hex[:8]}",
+            "remote_port": free_port(host)}

@@ -141,9 +141,14 @@ class RoutingConfig(_Strict):
 
 
 class TimeoutsConfig(_Strict):
-    prefill_s: float = Field(120, gt=0)
-    first_token_s: float = Field(120, gt=0, description="KV pull + first decode token.")
-    request_s: float = Field(600, gt=0)
+    """Per stage; each failure is a 504 whose error code names the stage."""
+
+    prefill_s: float = Field(120, gt=0, description="The prefill call (code prefill_timeout).")
+    kv_pull_s: float = Field(
+        120, gt=0, description="Decode call until the KV is in the decode engine (kv_pull_timeout).")
+    first_token_s: float = Field(
+        120, gt=0, description="KV loaded until the first decode token (first_token_timeout).")
+    request_s: float = Field(600, gt=0, description="The whole request (request_timeout).")
 
 
 class AppConfig(_Strict):

@@ -58,11 +58,12 @@ class BackendError(Exception):
     """A failure the API turns into an OpenAI-style error body with this HTTP status."""
 
     def __init__(self, message: str, status_code: int = 503, error_type: str = "server_error",
-                 retryable: bool = True) -> None:
+                 retryable: bool = True, code: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error_type = error_type
         self.retryable = retryable
+        self.code = code  # the OpenAI body's `code`: which stage failed ("kv_pull_timeout" ...)
 
 
 class GenerationBackend(Protocol):

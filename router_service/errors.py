@@ -64,7 +64,7 @@ def from_backend_error(exc: BackendError) -> APIError:
     # A backend status below 400 would read as success to a client: treat it as a server error.
     status = exc.status_code if 400 <= exc.status_code <= 599 else 500
     return APIError(str(exc) or "the generation backend failed", status_code=status,
-                    error_type=exc.error_type)
+                    error_type=exc.error_type, code=getattr(exc, "code", None))
 
 
 # pydantic names the union member that failed inside `loc` ("str", "list[int]" ...); a client

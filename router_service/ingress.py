@@ -42,7 +42,7 @@ class RouterIngress:
         }
         t = self.config.timeouts
         self.backend = PrefillShareBackend(
-            routes, StageTimeouts(t.prefill_s, t.first_token_s, t.request_s),
+            routes, StageTimeouts(t.prefill_s, t.kv_pull_s, t.first_token_s, t.request_s),
             max_retries=self.config.routing.max_retries,
         )
         self.roles = [RoleSpec(name=r["role"], instructions=r["instructions"]) for r in roles]
@@ -57,7 +57,9 @@ class RouterIngress:
         @app.get("/stats")
         async def stats() -> dict[str, Any]:
             """Per-engine counters (prefix-cache hits, KV transfers) of one replica per pool."""
-            out: dict[str, Any] = {"retries": self.backend.retries, "prefill": {}, "decode": {}}
+            out: dict[str, Any] = {"retries": self.backend.retries,
+                                   "retries_by_reason": dict(self.backend.retries_by_reason),
+                                   "prefill": {}, "decode": {}}
             for kind, handles in (("prefill", self.prefill_handles), ("decode", self.decode_handles)):
                 for name, h in handles.items():
                     out[kind][name] = await h.stats.remote()

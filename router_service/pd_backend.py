@@ -26,6 +26,13 @@ class ReplicaGone(Exception):
     """The replica serving a call died or was removed: the call may be retried elsewhere."""
 
 
+# A decode client may yield a delta with no tokens and this stat once the request's KV is in
+# the decode engine: the pipeline then stops the KV pull clock and starts the first-token one.
+# It is consumed here, never sent to the API.
+KV_LOADED_STAT = "kv_loaded"
+KV_PULL_FAILED = "kv_pull_failed"  # BackendError.code of a failed pull (policy "fail")
+
+
 class PrefillClient(Protocol):
     async def prefill(self, request_id: str, prompt_token_ids: list[int],
                       session_id: str | None) -> Any: ...
@@ -50,9 +57,28 @@ class RoleRoute:
 
 @dataclass(frozen=True)
 class StageTimeouts:
+    """Each stage's own limit; every one also ends at the whole request's deadline."""
+
     prefill_s: float = 120.0
-    first_token_s: float = 120.0
+    kv_pull_s: float = 120.0  # decode call -> KV loaded (the first token, if no marker comes)
+    first_token_s: float = 120.0  # KV loaded -> first decode token
     request_s: float = 600.0
+
+
+# stage -> (what the message says, BackendError.code)
+STAGES = {
+    "prefill": ("prefill", "prefill_timeout"),
+    "kv_pull": ("KV pull", "kv_pull_timeout"),
+    "first_token": ("first decode token", "first_token_timeout"),
+    "request": ("request", "request_timeout"),
+}
+
+
+def stage_timeout(stage: str, limit_s: float) -> BackendError:
+    """504 naming the stage that ran out of time; retryable (the next try may be luckier)."""
+    what, code = STAGES[stage]
+    return BackendError(f"{what} timed out after {limit_s:g}s; retry the request", 504,
+                        "timeout", code=code)
 
 
 class PrefillShareBackend:
@@ -62,6 +88,7 @@ class PrefillShareBackend:
         self.timeouts = timeouts
         self.max_retries = max_retries
         self.retries = 0
+        self.retries_by_reason: dict[str, int] = {}
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         route = self.routes.get(request.role)
@@ -82,37 +109,49 @@ class PrefillShareBackend:
             except ReplicaGone as exc:
                 # Once tokens reached the client a retry would repeat them: fail instead.
                 if streamed or attempt == self.max_retries:
-                    raise BackendError(f"serving replica lost: {exc}; retry the request", 503) from exc
-                self.retries += 1
-                log.warning("request %s: replica lost (%s), retrying (%d)", rid, exc, attempt + 1)
+                    raise BackendError(f"serving replica lost: {exc}; retry the request", 503,
+                                       code="replica_lost") from exc
+                self._count_retry("replica_lost", rid, exc, attempt)
+            except BackendError as exc:
+                # A failed KV pull (policy "fail") left no token behind: prefill again.
+                if exc.code != KV_PULL_FAILED or streamed or attempt == self.max_retries:
+                    raise
+                self._count_retry(KV_PULL_FAILED, rid, exc, attempt)
+
+    def _count_retry(self, reason: str, rid: str, exc: BaseException, attempt: int) -> None:
+        self.retries += 1
+        self.retries_by_reason[reason] = self.retries_by_reason.get(reason, 0) + 1
+        log.warning("request %s: %s (%s), retrying (%d)", rid, reason, exc, attempt + 1)
 
     async def _attempt(self, route: RoleRoute, request: GenerationRequest, rid: str,
                        deadline: float) -> AsyncIterator[GenerationDelta]:
         t0 = time.perf_counter()
         prompt = list(request.prompt_token_ids)
+        clock = _StageClock(self.timeouts, deadline, "prefill")
         try:
             prefill = await asyncio.wait_for(
-                route.prefill.prefill(rid, prompt, request.session_id),
-                timeout=min(self.timeouts.prefill_s, _left(deadline)),
-            )
+                route.prefill.prefill(rid, prompt, request.session_id), timeout=clock.left())
         except asyncio.TimeoutError as exc:
-            raise BackendError("prefill timed out", 504, "timeout") from exc
+            raise clock.expired() from exc
         t_prefill = time.perf_counter()
         params = prefill.kv_transfer_params
         stream = route.decode.generate(rid, prompt, request.sampling, params, route.lora_name,
                                        request.session_id).__aiter__()
         first = True
+        clock.enter("kv_pull")
         try:
             while True:
-                limit = self.timeouts.first_token_s if first else _left(deadline)
                 try:
-                    delta = await asyncio.wait_for(stream.__anext__(), timeout=min(limit, _left(deadline)))
+                    delta = await asyncio.wait_for(stream.__anext__(), timeout=clock.left())
                 except StopAsyncIteration:
                     return
                 except asyncio.TimeoutError as exc:
-                    stage = "KV pull / first decode token" if first else "request"
-                    raise BackendError(f"{stage} timed out", 504, "timeout") from exc
+                    raise clock.expired() from exc
+                if first and not delta.token_ids and delta.stats.get(KV_LOADED_STAT):
+                    clock.enter("first_token")
+                    continue
                 if first:
+                    clock.enter("request")
                     t_first = time.perf_counter()
                     first = False
                 if delta.finish_reason is not None:
@@ -132,8 +171,28 @@ class PrefillShareBackend:
                 await _release_quietly(route.decode, rid, params)
 
 
-def _left(deadline: float) -> float:
-    return max(0.001, deadline - time.monotonic())
+class _StageClock:
+    """The stage an attempt is in and when it must end: its own limit from when it began,
+    or the whole request's deadline if that comes first (then the error names the request)."""
+
+    def __init__(self, timeouts: StageTimeouts, deadline: float, stage: str) -> None:
+        self.timeouts = timeouts
+        self.deadline = deadline
+        self.enter(stage)
+
+    def enter(self, stage: str) -> None:
+        self.stage = stage
+        self.limit_s = getattr(self.timeouts, f"{stage}_s")
+        self.stage_end = (self.deadline if stage == "request"
+                          else min(time.monotonic() + self.limit_s, self.deadline))
+
+    def left(self) -> float:
+        return max(0.001, self.stage_end - time.monotonic())
+
+    def expired(self) -> BackendError:
+        if self.stage != "request" and self.stage_end >= self.deadline:
+            return stage_timeout("request", self.timeouts.request_s)
+        return stage_timeout(self.stage, self.limit_s)
 
 
 async def _close(stream: Any) -> None:

@@ -12,9 +12,16 @@ from typing import Any
 import pytest
 
 from router_service.backend import BackendError, GenerationDelta, GenerationRequest, SamplingSpec
-from router_service.pd_backend import PrefillShareBackend, ReplicaGone, RoleRoute, StageTimeouts
+from router_service.pd_backend import (
+    KV_LOADED_STAT,
+    KV_PULL_FAILED,
+    PrefillShareBackend,
+    ReplicaGone,
+    RoleRoute,
+    StageTimeouts,
+)
 
-FAST = StageTimeouts(prefill_s=0.05, first_token_s=0.05, request_s=5.0)
+FAST = StageTimeouts(prefill_s=0.05, kv_pull_s=0.05, first_token_s=0.05, request_s=5.0)
 SAMPLING = SamplingSpec(max_tokens=3)
 SLOW = 10.0  # longer than any timeout used here; wait_for cancels it
 
@@ -167,7 +174,7 @@ async def test_retries_exhausted():
     with pytest.raises(BackendError) as info:
         await _collect(backend, _request())
 
-    assert info.value.status_code == 503
+    assert info.value.status_code == 503 and info.value.code == "replica_lost"
     assert "serving replica lost: z" in str(info.value)
     assert [c[0] for c in prefill.calls] == ["req", "req-r1", "req-r2"]
     assert backend.retries == 2
@@ -189,31 +196,97 @@ async def test_prefill_timeout():
 
     assert info.value.status_code == 504
     assert info.value.error_type == "timeout"
-    assert "prefill" in str(info.value)
+    assert info.value.code == "prefill_timeout"
+    assert str(info.value).startswith("prefill timed out after 0.05s")
     assert decode.calls == [] and decode.released == []
     assert len(prefill.calls) == 1  # a timeout is not a lost replica: no retry
 
 
-async def test_first_token_timeout_names_the_kv_pull_and_releases_prefill_blocks():
+KV_LOADED = GenerationDelta(text="", token_ids=(), stats={KV_LOADED_STAT: 1.0})
+
+
+async def test_kv_pull_timeout_names_the_pull_and_releases_prefill_blocks():
     prefill, decode = FakePrefill(), FakeDecode([["slow"]])
+    timeouts = StageTimeouts(prefill_s=1.0, kv_pull_s=0.05, first_token_s=1.0, request_s=5.0)
     with pytest.raises(BackendError) as info:
-        await _collect(_backend(prefill, decode), _request())
+        await _collect(_backend(prefill, decode, timeouts), _request())
 
     assert info.value.status_code == 504
-    assert "KV pull / first decode token" in str(info.value)
+    assert info.value.code == "kv_pull_timeout"
+    assert str(info.value).startswith("KV pull timed out after 0.05s")
     assert decode.closed == ["req"]
     assert decode.released == [("req-release", {"remote_request_id": "req"})]
 
 
+async def test_first_token_timeout_runs_from_the_kv_loaded_marker():
+    # The KV is in at once; the first token then never comes within first_token_s.
+    decode = FakeDecode([[KV_LOADED, "slow"]])
+    timeouts = StageTimeouts(prefill_s=1.0, kv_pull_s=1.0, first_token_s=0.05, request_s=5.0)
+    with pytest.raises(BackendError) as info:
+        await _collect(_backend(FakePrefill(), decode, timeouts), _request())
+
+    assert info.value.code == "first_token_timeout"
+    assert str(info.value).startswith("first decode token timed out after 0.05s")
+    assert decode.released == [("req-release", {"remote_request_id": "req"})]
+
+
+async def test_kv_loaded_marker_is_not_passed_to_the_client():
+    decode = FakeDecode([[KV_LOADED, *_tokens(2)]])
+    deltas = await _collect(_backend(FakePrefill(), decode), _request())
+    assert [d.text for d in deltas] == ["t0", "t1"]
+
+
+async def test_a_stage_cut_short_by_the_request_deadline_is_named_request():
+    timeouts = StageTimeouts(prefill_s=5.0, kv_pull_s=5.0, first_token_s=5.0, request_s=0.05)
+    with pytest.raises(BackendError) as info:
+        await _collect(_backend(FakePrefill(["slow"]), FakeDecode(), timeouts), _request())
+    assert info.value.code == "request_timeout"
+    assert str(info.value).startswith("request timed out after 0.05s")
+
+
+def _kv_pull_failed() -> BackendError:
+    return BackendError("KV transfer from the prefill pool failed; retry", 503, code=KV_PULL_FAILED)
+
+
+async def test_failed_kv_pull_releases_and_retries_with_a_fresh_prefill():
+    prefill = FakePrefill()
+    decode = FakeDecode([[_kv_pull_failed()], _tokens(2)])
+    backend = _backend(prefill, decode)
+    deltas = await _collect(backend, _request())
+
+    assert [d.text for d in deltas] == ["t0", "t1"]
+    assert [c[0] for c in prefill.calls] == ["req", "req-r1"]
+    assert decode.released == [("req-release", {"remote_request_id": "req"})]
+    assert backend.retries_by_reason == {KV_PULL_FAILED: 1}
+
+
+async def test_failed_kv_pulls_exhaust_retries_with_a_503_naming_the_pull():
+    decode = FakeDecode([[_kv_pull_failed()], [_kv_pull_failed()]])
+    backend = _backend(FakePrefill(), decode, max_retries=1)
+    with pytest.raises(BackendError) as info:
+        await _collect(backend, _request())
+    assert info.value.status_code == 503 and info.value.code == KV_PULL_FAILED
+    assert len(decode.released) == 2 and backend.retries == 1
+
+
+async def test_other_backend_errors_are_not_retried():
+    decode = FakeDecode([[BackendError("adapter missing", 500, retryable=False)]])
+    backend = _backend(FakePrefill(), decode)
+    with pytest.raises(BackendError, match="adapter missing"):
+        await _collect(backend, _request())
+    assert len(decode.calls) == 1 and backend.retries == 0
+
+
 async def test_request_deadline_after_the_first_token():
-    timeouts = StageTimeouts(prefill_s=1.0, first_token_s=1.0, request_s=0.1)
+    timeouts = StageTimeouts(prefill_s=1.0, kv_pull_s=1.0, first_token_s=1.0, request_s=0.1)
     decode = FakeDecode([[*_tokens(2)[:1], "slow"]])
     got: list[GenerationDelta] = []
     with pytest.raises(BackendError) as info:
         await _collect(_backend(FakePrefill(), decode, timeouts), _request(), got)
 
     assert info.value.status_code == 504
-    assert str(info.value) == "request timed out"
+    assert info.value.code == "request_timeout"
+    assert str(info.value).startswith("request timed out after 0.1s")
     assert len(got) == 1
     assert decode.closed == ["req"]
     assert decode.released == []
@@ -228,7 +301,7 @@ async def test_decode_failing_before_any_token_releases_prefill_blocks():
 
 async def test_a_failing_release_does_not_hide_the_original_error():
     decode = FakeDecode([["slow"]], release_error=RuntimeError("release failed"))
-    with pytest.raises(BackendError, match="first decode token"):
+    with pytest.raises(BackendError, match="KV pull timed out"):
         await _collect(_backend(FakePrefill(), decode), _request())
     assert [r[0] for r in decode.released] == ["req-release"]
 

@@ -22,6 +22,7 @@ class EngineCounters:
     kv_bytes: int = 0
     kv_transfer_s: float = 0.0
     kv_failed_transfers: int = 0
+    kv_failed_handshakes: int = 0  # a pull whose prefill engine could not be reached
     kv_expired_leases: int = 0
     kv_cache_usage: float = 0.0  # fraction of KV blocks in use, last step
     running: int = 0
@@ -59,6 +60,7 @@ class EngineCounters:
         self.kv_transfer_s += float(sum(durations))
         self.kv_bytes += int(sum(data.get("bytes_transferred") or []))
         self.kv_failed_transfers += len(data.get("num_failed_transfers") or [])
+        self.kv_failed_handshakes += len(data.get("num_failed_handshakes") or [])
         self.kv_expired_leases += len(data.get("num_kv_expired_reqs") or [])
 
 

@@ -53,6 +53,14 @@ def route_request_of(pending: PendingRequest | None) -> RouteRequest:
     )
 
 
+def pinned_replica(pending: PendingRequest | None) -> str | None:
+    """The ``target_replica`` kwarg of engine probe methods (vllm_runtime/engine_server.py)."""
+    if pending is None:
+        return None
+    target = pending.kwargs.get("target_replica")
+    return str(target) if target else None
+
+
 class PrefixLocalityRequestRouter(RequestRouter):
     def initialize_state(self, policy: str = "prefix_locality", deployment: str = "",
                          **config: Any) -> None:
@@ -68,6 +76,10 @@ class PrefixLocalityRequestRouter(RequestRouter):
                               pending_request: PendingRequest | None = None,
                               ) -> list[list[RunningReplica]]:
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        target = pinned_replica(pending_request)
+        if target is not None:
+            # A probe of one replica (leak check, stats, fault injection): that one or none.
+            return [[by_id[target]]] if target in by_id else []
         loads = [ReplicaLoad(rid, self._queue_len(r)) for rid, r in by_id.items()]
         request = route_request_of(pending_request)
         ranked = self.policy.rank(loads, request)
