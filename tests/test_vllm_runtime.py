@@ -3,6 +3,7 @@ environment and the engine counters. Fakes stand in for nixl and vLLM's stats ob
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from dataclasses import fields
@@ -15,7 +16,7 @@ from deployments.config import EngineOptions
 from vllm_runtime import nixl_tuning
 from vllm_runtime.engine_args import EngineSpec, engine_kwargs, cpu_has_fast_bf16, resolve_dtype
 from vllm_runtime.engine_stats import EngineCounters
-from vllm_runtime.replica_env import cpu_bind_for, engine_environment, free_port, node_host
+from vllm_runtime.replica_env import apply, cpu_bind_for, engine_environment, free_port, node_host
 
 # --- nixl_tuning --------------------------------------------------------------------------
 
@@ -115,7 +116,8 @@ def test_producer_kwargs_on_cpu():
     assert (kw["max_model_len"], kw["block_size"], kw["max_num_seqs"]) == (2048, 128, 32)
     assert kw["dtype"] == resolve_dtype("auto", on_cpu=True) and kw["enforce_eager"] is True
     assert kw["disable_log_stats"] is False
-    for absent in ("kv_cache_memory_bytes", "max_num_batched_tokens", "enable_lora"):
+    assert kw["kv_cache_memory_bytes"] == 1 << 30
+    for absent in ("max_num_batched_tokens", "enable_lora"):
         assert absent not in kw
 
 
@@ -156,28 +158,33 @@ def test_consumer_kwargs_off_cpu_with_lora_and_overrides():
 def test_engine_environment_on_cpu(monkeypatch):
     monkeypatch.delenv("UCX_TLS", raising=False)
     monkeypatch.setenv("UCX_NET_DEVICES", "eth9")
-    env = engine_environment(host="10.0.0.5", side_channel_port=5601, kv_cache_space_gib=1.6,
+    env = engine_environment(host="10.0.0.5", side_channel_port=5601,
                              cpu_threads_bind="2,3", on_cpu=True)
     assert env == {
         "VLLM_HOST_IP": "10.0.0.5",
         "VLLM_NIXL_SIDE_CHANNEL_HOST": "10.0.0.5",
         "VLLM_NIXL_SIDE_CHANNEL_PORT": "5601",
         "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
-        "VLLM_CPU_KVCACHE_SPACE": "2",
         "VLLM_CPU_OMP_THREADS_BIND": "2,3",
         "UCX_TLS": "tcp,sm,self",
         "UCX_NET_DEVICES": "eth9",  # the operator's choice wins
     }
 
 
-def test_engine_environment_kv_space_is_at_least_one_gib():
-    env = engine_environment(host="h", side_channel_port=1, kv_cache_space_gib=0.2,
-                             cpu_threads_bind="0", on_cpu=True)
-    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+def test_kv_space_under_one_gib_reaches_the_engine_exactly(monkeypatch):
+    # The legacy whole-GiB env var would round 0.25 up to 1 GiB and override the engine arg.
+    spec = EngineSpec(model="/m", side="producer", options=EngineOptions(kv_cache_space_gib=0.25),
+                      prefix_caching=True, engine_id="p")
+    assert engine_kwargs(spec, on_cpu=True)["kv_cache_memory_bytes"] == 1 << 28
+    env = engine_environment(host="h", side_channel_port=1, cpu_threads_bind="0", on_cpu=True)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    apply(env)
+    assert "VLLM_CPU_KVCACHE_SPACE" not in os.environ
 
 
 def test_engine_environment_off_cpu_sets_no_cpu_or_ucx_settings():
-    env = engine_environment(host="127.0.0.1", side_channel_port=5700, kv_cache_space_gib=4,
+    env = engine_environment(host="127.0.0.1", side_channel_port=5700,
                              cpu_threads_bind="0", on_cpu=False)
     assert set(env) == {"VLLM_HOST_IP", "VLLM_NIXL_SIDE_CHANNEL_HOST",
                         "VLLM_NIXL_SIDE_CHANNEL_PORT", "VLLM_WORKER_MULTIPROC_METHOD"}

@@ -81,8 +81,9 @@ def engine_kwargs(spec: EngineSpec, *, on_cpu: bool) -> dict[str, Any]:
     }
     if opts.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = opts.max_num_batched_tokens
-    if not on_cpu:
-        kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_space_gib * (1 << 30))
+    # On CPU too: vLLM's legacy VLLM_CPU_KVCACHE_SPACE is whole GiB only, so a KV space under
+    # 1 GiB (what the KV-capacity benchmark needs) must go through kv_cache_memory_bytes.
+    kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_space_gib * (1 << 30))
     if spec.lora is not None:
         rank, count = spec.lora
         kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=count)

@@ -34,7 +34,6 @@ class EngineHost:
             replica_env.engine_environment(
                 host=self.host,
                 side_channel_port=self.side_channel_port,
-                kv_cache_space_gib=spec.options.kv_cache_space_gib,
                 cpu_threads_bind=replica_env.cpu_bind_for(core_index, spec.options.cpu_threads),
                 on_cpu=self.on_cpu,
             )

@@ -36,7 +36,6 @@ def engine_environment(
     *,
     host: str,
     side_channel_port: int,
-    kv_cache_space_gib: float,
     cpu_threads_bind: str,
     on_cpu: bool,
 ) -> dict[str, str]:
@@ -50,7 +49,6 @@ def engine_environment(
     if on_cpu:
         env.update(
             {
-                "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_space_gib))),
                 "VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind,
                 # UCX on one host: tcp over lo plus shared memory; "self,sm" alone fails.
                 "UCX_TLS": os.environ.get("UCX_TLS", "tcp,sm,self"),
@@ -71,6 +69,9 @@ def cpu_bind_for(replica_index: int, threads: int, num_cores: int | None = None)
 
 def apply(env: dict[str, str]) -> None:
     os.environ.update(env)
+    # vLLM's CPU platform lets this legacy whole-GiB variable override kv_cache_memory_bytes
+    # (the engine's own, exact setting): an inherited one must not resize the KV cache.
+    os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
 
 def on_cpu_platform() -> bool:
