@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from bench.driver import drive
@@ -21,39 +22,71 @@ from bench.topologies import app_args
 from bench.workload import Workload
 
 
+def engine_count(args: dict[str, Any]) -> dict[str, int]:
+    """Engines an app of these args starts (prefill replicas, decode replicas)."""
+    prefill = sum(p.get("replicas", 1) for p in args["prefill_pools"].values())
+    decode = sum(r.get("decode_pool", {}).get("replicas", 1) for r in args["roles"])
+    return {"prefill": prefill, "decode": decode}
+
+
 def run_topology(name: str, args: dict[str, Any], loads: list[tuple[float, int]],
-                 base: Workload, block_size: int) -> list[dict[str, Any]]:
+                 base: Workload, block_size: int, *,
+                 extra: dict[str, Any] | None = None,
+                 on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Starts the app once, drives every load point against it; ``on_row`` gets each
+    point's row as soon as it is measured (a long sweep loses nothing if it dies later)."""
     from deployments.inprocess import running_app
 
     out = []
     t0 = time.perf_counter()
     print(f"[compare] {name}: starting engines ...", file=sys.stderr, flush=True)
     with running_app(args) as app:
-        print(f"[compare] {name}: up in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        up_s = time.perf_counter() - t0
+        print(f"[compare] {name}: up in {up_s:.0f}s", file=sys.stderr, flush=True)
         for rate, conc in loads:
             wl = base.model_copy(update={"arrival_rate": rate, "max_concurrent_sessions": conc})
             print(f"[compare] {name}: rate {rate}/s, max {conc} sessions", file=sys.stderr, flush=True)
             result = asyncio.run(drive(app.url, wl, stats_url=f"{app.url}/stats"))
             summary = summarize(result, block_size=block_size)
-            out.append({"topology": name, "rate": rate, "max_concurrent": conc, "summary": summary})
+            row = {"topology": name, "rate": rate, "max_concurrent": conc,
+                   "engines": engine_count(args), "app_up_s": up_s, **(extra or {}),
+                   "summary": summary}
+            out.append(row)
+            if on_row is not None:
+                on_row(row)
     return out
 
 
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by = {(r["topology"], r["rate"], r["max_concurrent"]): r["summary"] for r in rows}
+def _point(row: dict[str, Any]) -> tuple[float, int, Any]:
+    """What makes two rows the same load point: load and the engines' KV space."""
+    return row["rate"], row["max_concurrent"], row.get("prefill_kv_gib")
+
+
+def ratios(rows: list[dict[str, Any]], baseline: str = "baseline",
+           prefillshare: str = "prefillshare") -> list[dict[str, Any]]:
+    """One line per load point measured on both ``baseline`` and ``prefillshare`` (labels
+    as in the rows' ``topology``): the paper's ratios and the hit ratios beside the best."""
+    by = {(r["topology"], *_point(r)): r for r in rows}
     table = []
-    for (topo, rate, conc), s in sorted(by.items()):
-        if topo != "prefillshare" or ("baseline", rate, conc) not in by:
+    for key in sorted({_point(r) for r in rows}, key=lambda k: (str(k[2]), k[0], k[1])):
+        if (baseline, *key) not in by or (prefillshare, *key) not in by:
             continue
-        b = by[("baseline", rate, conc)]
+        rb, rs = by[(baseline, *key)], by[(prefillshare, *key)]
+        b, s = rb["summary"], rs["summary"]
+        bp95, sp95 = b["latency_s"]["call_e2e"]["p95"], s["latency_s"]["call_e2e"]["p95"]
+        bt, st = b["throughput"]["output_tok_s"], s["throughput"]["output_tok_s"]
+        kv_b, kv_s = b.get("kv_transfer") or {}, s.get("kv_transfer") or {}
         table.append({
-            "rate": rate, "max_concurrent": conc,
-            "p95_baseline_s": b["latency_s"]["call_e2e"]["p95"],
-            "p95_prefillshare_s": s["latency_s"]["call_e2e"]["p95"],
-            "p95_ratio": b["latency_s"]["call_e2e"]["p95"] / s["latency_s"]["call_e2e"]["p95"],
-            "tput_baseline": b["throughput"]["output_tok_s"],
-            "tput_prefillshare": s["throughput"]["output_tok_s"],
-            "tput_ratio": s["throughput"]["output_tok_s"] / b["throughput"]["output_tok_s"],
+            "rate": key[0], "max_concurrent": key[1], "prefill_kv_gib": key[2],
+            "engines_baseline": rb.get("engines"), "engines_prefillshare": rs.get("engines"),
+            "p95_baseline_s": bp95, "p95_prefillshare_s": sp95,
+            "p95_ratio": bp95 / sp95 if bp95 and sp95 else None,
+            "p50_baseline_s": b["latency_s"]["call_e2e"]["p50"],
+            "p50_prefillshare_s": s["latency_s"]["call_e2e"]["p50"],
+            "tput_baseline": bt, "tput_prefillshare": st,
+            "tput_ratio": st / bt if bt and st else None,
+            "total_tok_s_baseline": b["throughput"]["total_tok_s"],
+            "total_tok_s_prefillshare": s["throughput"]["total_tok_s"],
             "ttft_p95_baseline_s": b["latency_s"]["ttft"]["p95"],
             "ttft_p95_prefillshare_s": s["latency_s"]["ttft"]["p95"],
             # From each call's usage.cached_tokens (the prefill engine's own count), which
@@ -61,12 +94,21 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "hit_baseline": b["prefix_cache"]["usage_hit_ratio"],
             "hit_prefillshare": s["prefix_cache"]["usage_hit_ratio"],
             "hit_best": s["prefix_cache"]["theoretical_best_hit_ratio"],
+            "hit_best_same_role": b["prefix_cache"]["theoretical_best_same_role_hit_ratio"],
+            "kv_mib_per_call_baseline": _mib_per_call(kv_b),
+            "kv_mib_per_call_prefillshare": _mib_per_call(kv_s),
             "errors": b["errors"]["count"] + s["errors"]["count"],
         })
     return table
 
 
-def plot(table: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def _mib_per_call(kv: dict[str, Any]) -> float | None:
+    mean = kv.get("mean_bytes")
+    return None if mean is None else mean / (1 << 20)
+
+
+def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench") -> list[Path]:
+    """p95 latency (Fig. 3 shape), throughput (Fig. 4 shape) and hit ratio vs load."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,28 +116,72 @@ def plot(table: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
     x = [f"{r['rate']}/s\n≤{r['max_concurrent']}" for r in table]
     paths = []
-    for base_key, ps_key, label, fname in (
-            ("p95_baseline_s", "p95_prefillshare_s", "p95 end-to-end latency per call (s)",
-             "bench_p95.png"),
-            ("tput_baseline", "tput_prefillshare", "output tokens/s", "bench_throughput.png")):
+    for base_key, ps_key, label, name in (
+            ("p95_baseline_s", "p95_prefillshare_s", "p95 end-to-end latency per call (s)", "p95"),
+            ("tput_baseline", "tput_prefillshare", "output tokens/s", "throughput"),
+            ("hit_baseline", "hit_prefillshare", "prefill prefix-cache hit ratio", "hit_ratio")):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(x, [r[base_key] for r in table], "o-", label="baseline (per-model P/D)")
         ax.plot(x, [r[ps_key] for r in table], "s-", label="PrefillShare")
+        if name == "hit_ratio":
+            ax.plot(x, [r["hit_best"] for r in table], "k--", label="workload best")
+            ax.plot(x, [r["hit_best_same_role"] for r in table], "k:",
+                    label="best with per-role caches")
+            ax.set_ylim(0, 1)
         ax.set_xlabel("session arrival rate / max concurrent sessions")
         ax.set_ylabel(label)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out_dir / fname
+        path = out_dir / f"{prefix}_{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths
 
 
+def markdown_table(table: list[dict[str, Any]]) -> str:
+    def f(x: Any, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    lines = ["| load | prefill KV GiB | p95 base (s) | p95 PS (s) | p95 ratio | tok/s base "
+             "| tok/s PS | tput ratio | TTFT p95 base | TTFT p95 PS | hit base | hit PS "
+             "| best (per-role best) | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(
+            f"| {r['rate']}/s ≤{r['max_concurrent']} | {f(r['prefill_kv_gib'], 'g')} "
+            f"| {f(r['p95_baseline_s'], '.2f')} | {f(r['p95_prefillshare_s'], '.2f')} "
+            f"| {f(r['p95_ratio'], '.2f')}x | {f(r['tput_baseline'], '.1f')} "
+            f"| {f(r['tput_prefillshare'], '.1f')} | {f(r['tput_ratio'], '.2f')}x "
+            f"| {f(r['ttft_p95_baseline_s'], '.2f')} | {f(r['ttft_p95_prefillshare_s'], '.2f')} "
+            f"| {f(r['hit_baseline'], '.2f')} | {f(r['hit_prefillshare'], '.2f')} "
+            f"| {f(r['hit_best'], '.2f')} ({f(r['hit_best_same_role'], '.2f')}) | {r['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(rows: list[dict[str, Any]], out_dir: Path, prefillshare: str = "prefillshare",
+           prefix: str = "bench") -> str:
+    """ratios.json, the plots and summary.md for the rows; returns the markdown."""
+    table = ratios(rows, prefillshare=prefillshare)
+    (out_dir / f"{prefix}_ratios.json").write_text(json.dumps(table, indent=2))
+    if table:
+        plot(table, out_dir, prefix)
+    text = markdown_table(table)
+    (out_dir / f"{prefix}_summary.md").write_text(text)
+    return text
+
+
+def _load_rows(paths: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        rows += json.loads(Path(path).read_text())
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2")
+    p.add_argument("--model", default="smollm2", help="alias or model folder (every engine)")
     p.add_argument("--roles", default="planner,coder", help="comma-separated agent roles")
     p.add_argument("--loads", default="0.05:2,0.2:4",
                    help="rate:max_concurrent pairs, comma-separated (sessions/s : sessions)")
@@ -103,42 +189,66 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--pattern", default="react", choices=["react", "reflexion"])
     p.add_argument("--initial-context-tokens", type=int, default=1000)
+    p.add_argument("--observation-tokens", type=int, nargs=2, default=(100, 300),
+                   metavar=("MIN", "MAX"))
     p.add_argument("--output-tokens", type=int, default=32)
-    p.add_argument("--kv-cache-space-gib", type=int, default=1)
+    p.add_argument("--kv-cache-space-gib", type=float, default=1.0,
+                   help="KV space of every prefill engine (and decode engine unless "
+                        "--decode-kv-cache-space-gib)")
+    p.add_argument("--decode-kv-cache-space-gib", type=float)
+    p.add_argument("--max-model-len", type=int, default=8192)
     p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--decode-kv-mode", default="exact", choices=["exact", "reuse"],
+                   help="PrefillShare's decode KV mode")
     p.add_argument("--topologies", default="baseline,prefillshare")
+    p.add_argument("--label-suffix", default="",
+                   help="appended to the prefillshare rows' label (e.g. -reuse)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-run-s", type=float, default=900.0, help="per load point (hard limit)")
+    p.add_argument("--request-timeout-s", type=float, default=300.0, help="per call")
     p.add_argument("--out-dir", default="runs/compare")
+    p.add_argument("--from-results", nargs="+", metavar="JSON",
+                   help="start nothing: report on these results.json files (merged)")
+    p.add_argument("--prefillshare-label", default="prefillshare",
+                   help="which prefillshare rows the report pairs with the baseline")
+    p.add_argument("--prefix", default="bench", help="file name prefix of the report")
     a = p.parse_args(argv)
 
-    roles = a.roles.split(",")
-    loads = [(float(r), int(c)) for r, c in (x.split(":") for x in a.loads.split(","))]
-    engine = {"max_model_len": 8192, "kv_cache_space_gib": a.kv_cache_space_gib,
-              "block_size": a.block_size}
-    wl = Workload(pattern=a.pattern, roles=tuple(roles), turns=a.turns,
-                  initial_context_tokens=a.initial_context_tokens, output_tokens=a.output_tokens,
-                  num_sessions=a.sessions, seed=0)
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    if a.from_results:
+        print(report(_load_rows(a.from_results), out_dir, a.prefillshare_label, a.prefix))
+        return 0
+    roles = a.roles.split(",")
+    try:
+        loads = [(float(r), int(c)) for r, c in (x.split(":") for x in a.loads.split(","))]
+    except ValueError:
+        print(f"bad --loads {a.loads!r}: want rate:max_concurrent,...", file=sys.stderr)
+        return 2
+    engine = {"max_model_len": a.max_model_len, "kv_cache_space_gib": a.kv_cache_space_gib,
+              "block_size": a.block_size}
+    decode_engine = {**engine, "kv_cache_space_gib": a.decode_kv_cache_space_gib
+                     or a.kv_cache_space_gib}
+    wl = Workload(pattern=a.pattern, roles=tuple(roles), turns=a.turns,
+                  initial_context_tokens=a.initial_context_tokens, output_tokens=a.output_tokens,
+                  observation_tokens=tuple(a.observation_tokens), num_sessions=a.sessions,
+                  seed=a.seed, max_run_s=a.max_run_s, request_timeout_s=a.request_timeout_s)
+    results = out_dir / "results.json"
+    rows: list[dict[str, Any]] = json.loads(results.read_text()) if results.exists() else []
+
+    def save(row: dict[str, Any]) -> None:
+        rows.append(row)
+        results.write_text(json.dumps(rows, indent=1, default=str))
+
     for topo in a.topologies.split(","):
-        rows += run_topology(topo, app_args(topo, roles, a.model, engine), loads, wl, a.block_size)
-        (out_dir / "results.json").write_text(json.dumps(rows, indent=2, default=str))
-    table = ratios(rows)
-    (out_dir / "ratios.json").write_text(json.dumps(table, indent=2))
-    if table:
-        plot(table, out_dir)
-    lines = ["| load | p95 base (s) | p95 PS (s) | p95 ratio | tok/s base | tok/s PS | tput ratio "
-             "| TTFT p95 base | TTFT p95 PS | hit base | hit PS | best | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in table:
-        lines.append(
-            f"| {r['rate']}/s ≤{r['max_concurrent']} | {r['p95_baseline_s']:.2f} | "
-            f"{r['p95_prefillshare_s']:.2f} | {r['p95_ratio']:.2f}x | {r['tput_baseline']:.1f} | "
-            f"{r['tput_prefillshare']:.1f} | {r['tput_ratio']:.2f}x | {r['ttft_p95_baseline_s']:.2f} | "
-            f"{r['ttft_p95_prefillshare_s']:.2f} | {r['hit_baseline'] or 0:.2f} | "
-            f"{r['hit_prefillshare'] or 0:.2f} | {r['hit_best']:.2f} | {r['errors']} |")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        label = topo + (a.label_suffix if topo == "prefillshare" else "")
+        extra = {"kind": topo, "decode_kv_mode": a.decode_kv_mode if topo == "prefillshare"
+                 else "exact", "prefill_kv_gib": a.kv_cache_space_gib,
+                 "decode_kv_gib": decode_engine["kv_cache_space_gib"], "model": a.model}
+        run_topology(label, app_args(topo, roles, a.model, engine, decode_kv_mode=a.decode_kv_mode,
+                                     decode_engine=decode_engine),
+                     loads, wl, a.block_size, extra=extra, on_row=save)
+    print(report(rows, out_dir, a.prefillshare_label, a.prefix))
     return 0
 
 

@@ -15,8 +15,12 @@ Topology = Literal["baseline", "prefillshare"]
 
 
 def app_args(topology: Topology, roles: list[str], model: str, engine: dict[str, Any], *,
-             decode_kv_mode: str = "exact", prefill_policy: str = "prefix_locality") -> dict[str, Any]:
-    decode = {"engine": engine}
+             decode_kv_mode: str = "exact", prefill_policy: str = "prefix_locality",
+             decode_engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``engine``: every prefill engine's options; ``decode_engine``: every decode engine's
+    (default: the same). Both topologies get the same two, so a KV-capacity setting applies
+    to the same engines on each side."""
+    decode = {"engine": decode_engine if decode_engine is not None else engine}
     if topology == "baseline":
         return {
             "base_model": model,

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The issue-6 benchmark: 4 roles, both topologies, a load sweep, both decode modes and a
+# KV-capacity sweep. Each step starts one app and takes the engine lock EXCLUSIVELY for that
+# step only (<= ~15 min), so other people's engine runs interleave. Rows are written after
+# every load point (OUT/<step>/results.json); rerunning skips steps already done.
+#   bash bench/issue6_sweep.sh [OUT]      then: python -m bench.compare --from-results ...
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/issue6}
+PY=.venv/bin/python
+LOCK=/tmp/prefillshare-engines.lock
+export VLLM_HOST_IP=127.0.0.1
+# A SmolLM2-shaped but slimmer random Llama (16 layers, hidden 384, head_dim 64, SmolLM2's
+# tokenizer): eight SmolLM2 engines need ~23 GiB here, eight of these ~19 (bench docs).
+MODEL=$($PY -c "from deployments.model_assets import tiny_llama_folder, cache_dir
+print(tiny_llama_folder(cache_dir() / 'bench-slim-16l', seed=5, num_layers=16, hidden_size=384,
+                        num_heads=6, num_kv_heads=2, max_position_embeddings=8192))" | tail -1)
+COMMON=(--model "$MODEL" --roles planner,coder,tool,critic --sessions 12 --turns 4
+        --initial-context-tokens 1500 --observation-tokens 300 500 --output-tokens 8
+        --max-model-len 4096 --decode-kv-cache-space-gib 0.25 --max-run-s 240)
+LOADS=${LOADS:-0.05:2,0.2:6,1:12}
+HIGH=${HIGH:-1:12}
+
+step() {  # step NAME ARGS...: one app, one lock acquisition
+  local name=$1; shift
+  if [ -s "$OUT/$name/done" ]; then echo "[sweep] $name: done already"; return 0; fi
+  mkdir -p "$OUT/$name"
+  echo "[sweep] $name: waiting for the exclusive engine lock ($(date -u +%T))"
+  flock -x "$LOCK" bash -c '
+    avail=$(free -g | awk "/^Mem:/ {print \$7}")
+    echo "[sweep] '"$name"': lock held $(date -u +%T), ${avail} GiB available"
+    if [ "$avail" -lt 20 ]; then echo "[sweep] '"$name"': under 20 GiB free, skipped"; exit 3; fi
+    timeout 1000 "$0" "$@"' "$PY" -m bench.compare "${COMMON[@]}" --out-dir "$OUT/$name" "$@" \
+    > "$OUT/$name/log.txt" 2>&1
+  local rc=$?
+  echo "[sweep] $name: rc $rc ($(date -u +%T))"
+  [ $rc -eq 0 ] && date -u > "$OUT/$name/done"
+  return 0
+}
+
+step base-small   --topologies baseline     --kv-cache-space-gib 0.125 --loads "$LOADS"
+step ps-small     --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$LOADS"
+step ps-reuse     --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$HIGH" \
+                  --decode-kv-mode reuse --label-suffix -reuse
+step base-ample   --topologies baseline     --kv-cache-space-gib 0.5   --loads "$HIGH"
+step ps-ample     --topologies prefillshare --kv-cache-space-gib 0.5   --loads "$HIGH"
+echo "[sweep] all steps tried"
