@@ -97,9 +97,20 @@ def ratios(rows: list[dict[str, Any]], baseline: str = "baseline",
             "hit_best_same_role": b["prefix_cache"]["theoretical_best_same_role_hit_ratio"],
             "kv_mib_per_call_baseline": _mib_per_call(kv_b),
             "kv_mib_per_call_prefillshare": _mib_per_call(kv_s),
+            # Prompt tokens the prefill engines computed (not served from cache): the work
+            # PrefillShare removes; its ratio bounds the speedup when prefill is all there is.
+            "prefill_computed_baseline": _computed(b),
+            "prefill_computed_prefillshare": _computed(s),
+            "prefill_work_ratio": (_computed(b) / _computed(s)
+                                   if _computed(b) and _computed(s) else None),
             "errors": b["errors"]["count"] + s["errors"]["count"],
         })
     return table
+
+
+def _computed(summary: dict[str, Any]) -> float | None:
+    hit = summary["prefix_cache"]["usage_hit_ratio"]
+    return None if hit is None else summary["throughput"]["prompt_tokens"] * (1 - hit)
 
 
 def _mib_per_call(kv: dict[str, Any]) -> float | None:
@@ -145,8 +156,8 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
 
     lines = ["| load | prefill KV GiB | p95 base (s) | p95 PS (s) | p95 ratio | tok/s base "
              "| tok/s PS | tput ratio | TTFT p95 base | TTFT p95 PS | hit base | hit PS "
-             "| best (per-role best) | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| best (per-role best) | prefill work ratio | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(
             f"| {r['rate']}/s ≤{r['max_concurrent']} | {f(r['prefill_kv_gib'], 'g')} "
@@ -155,7 +166,8 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
             f"| {f(r['tput_prefillshare'], '.1f')} | {f(r['tput_ratio'], '.2f')}x "
             f"| {f(r['ttft_p95_baseline_s'], '.2f')} | {f(r['ttft_p95_prefillshare_s'], '.2f')} "
             f"| {f(r['hit_baseline'], '.2f')} | {f(r['hit_prefillshare'], '.2f')} "
-            f"| {f(r['hit_best'], '.2f')} ({f(r['hit_best_same_role'], '.2f')}) | {r['errors']} |")
+            f"| {f(r['hit_best'], '.2f')} ({f(r['hit_best_same_role'], '.2f')}) "
+            f"| {f(r['prefill_work_ratio'], '.2f')}x | {r['errors']} |")
     return "\n".join(lines) + "\n"
 
 

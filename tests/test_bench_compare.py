@@ -63,6 +63,9 @@ def test_ratios_pair_rows_by_load_and_kv_space():
     assert small["hit_prefillshare"] == pytest.approx(3 * 128 / (4 * 256 + 128 * 6))
     assert small["hit_prefillshare"] <= small["hit_best"]
     assert small["engines_baseline"] == small["engines_prefillshare"]
+    prompt = 4 * 256 + 128 * 6
+    assert small["prefill_computed_baseline"] == pytest.approx(prompt)
+    assert small["prefill_work_ratio"] == pytest.approx(prompt / (prompt - 3 * 128))
     reuse = ratios(rows, prefillshare="prefillshare-reuse")
     assert len(reuse) == 1 and reuse[0]["p95_ratio"] == pytest.approx(8.0)
 
