@@ -73,7 +73,9 @@ class RunningApp:
 
 
 @contextlib.contextmanager
-def running_app(app_args: dict[str, Any]) -> Iterator[RunningApp]:
+def running_app(app_args: dict[str, Any], ray_address: str | None = None) -> Iterator[RunningApp]:
+    """ray_address: join that running cluster (e.g. a multi-node ray.cluster_utils.Cluster);
+    default: start a one-node Ray in this process."""
     import ray
     from ray import serve
 
@@ -81,10 +83,13 @@ def running_app(app_args: dict[str, Any]) -> Iterator[RunningApp]:
 
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    temp = Path(tempfile.mkdtemp(prefix="ps-e2e-ray-", dir="/tmp"))
-    # _node_ip_address: otherwise Ray advertises the box's non-loopback address.
-    ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), num_cpus=2,
-             logging_level="WARNING", _node_ip_address="127.0.0.1")
+    if ray_address is not None:
+        ray.init(address=ray_address, logging_level="WARNING")
+    else:
+        temp = Path(tempfile.mkdtemp(prefix="ps-e2e-ray-", dir="/tmp"))
+        # _node_ip_address: otherwise Ray advertises the box's non-loopback address.
+        ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), num_cpus=2,
+                 logging_level="WARNING", _node_ip_address="127.0.0.1")
     port = free_port("127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
