@@ -10,7 +10,7 @@ from typing import Any
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_host import EngineHost
 from vllm_runtime.engine_metrics import EngineMetrics
-from vllm_runtime.replica_identity import replica_engine_id, replica_rank
+from vllm_runtime.replica_identity import replica_engine_id, replica_rank, replica_unique_id
 
 
 class EngineServer:
@@ -24,11 +24,14 @@ class EngineServer:
                                  on_stats=self.metrics.publish)
         self.inflight = 0
 
-    async def all_blocks_free(self) -> bool:
+    async def all_blocks_free(self, target_replica: str | None = None) -> bool:
+        """``target_replica`` (a Serve replica id) is read by the request router: probes of
+        every replica (bench/replicas.py) pin each call to one replica."""
         return await self.engine.all_blocks_free()
 
-    async def stats(self) -> dict[str, Any]:
-        return {"pool": self.pool, "inflight": self.inflight, **self.engine.report()}
+    async def stats(self, target_replica: str | None = None) -> dict[str, Any]:
+        return {"pool": self.pool, "inflight": self.inflight, "replica": replica_unique_id(),
+                **self.engine.report()}
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Published to the request router every request_routing_stats_period_s."""

@@ -6,13 +6,18 @@ from __future__ import annotations
 import uuid
 
 
-def replica_engine_id(kind: str, pool: str) -> str:
+def replica_unique_id() -> str | None:
+    """The Serve replica id (the tail of the replica's actor name); None outside Serve."""
     try:
         from ray import serve
 
-        tag = serve.get_replica_context().replica_id.unique_id
+        return str(serve.get_replica_context().replica_id.unique_id)
     except Exception:  # not inside a Serve replica
-        tag = uuid.uuid4().hex[:8]
+        return None
+
+
+def replica_engine_id(kind: str, pool: str) -> str:
+    tag = replica_unique_id() or uuid.uuid4().hex[:8]
     return f"{kind}-{pool}-{tag}"
 
 

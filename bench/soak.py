@@ -1,0 +1,140 @@
+"""`prefillshare soak`: moderate multi-agent load for a long time (default 30 min) while the
+memory of every Serve replica process is sampled; fails if any replica's memory grows beyond
+a bound.
+
+    flock -s /tmp/prefillshare-engines.lock prefillshare soak --out runs/soak
+
+Starts the app in this process on 127.0.0.1 (deployments/inprocess.py): one shared prefill
+replica and roles ``planner`` and ``critic`` with one decode replica each. bench.driver runs
+sessions for ``--duration-min``; every ``--sample-s`` this process reads the RSS of each
+replica process (replica actor + vLLM's EngineCore and workers, by pid, via psutil inside the
+actor). Afterwards it groups calls into windows (requests, errors, p95 latency and TTFT) and
+writes soak.json, soak.png (p95 and memory over time) and soak.md.
+Exit codes: 0 ok, 1 memory grew beyond --max-growth-mib (or calls hung), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.fault_report import call_counts
+from bench.fault_run import _LoadThread
+from bench.soak_report import markdown, memory_growth, plot, problems, windows
+from bench.workload import Workload
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def soak_app_args(models: str, kv_cache_space_gib: float) -> dict[str, Any]:
+    from deployments.inprocess import tiny_engine, tiny_models
+
+    if models == "tiny":
+        base, decoder = tiny_models()
+        engine = tiny_engine(kv_cache_space_gib=kv_cache_space_gib)
+    else:
+        base, decoder = "smollm2", None
+        engine = {"max_model_len": 2048, "kv_cache_space_gib": kv_cache_space_gib}
+    return {"base_model": base,
+            "prefill_pools": {"shared": {"replicas": 1, "engine": engine}},
+            "roles": [{"name": r, "decoder": decoder, "decode_pool": {"engine": engine}}
+                      for r in ("planner", "critic")]}
+
+
+def soak_workload(args: argparse.Namespace) -> Workload:
+    duration = args.duration_min * 60
+    return Workload(pattern="react", turns=args.turns, initial_context_tokens=args.context_tokens,
+                    output_tokens=args.output_tokens, observation_tokens=(30, 80),
+                    arrival_rate=args.rate, max_concurrent_sessions=args.concurrency,
+                    num_sessions=None, duration_s=duration, max_run_s=duration + 300,
+                    request_timeout_s=args.client_timeout_s, seed=args.seed)
+
+
+def run_soak(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import replicas as rep
+    from deployments.inprocess import APP, running_app
+
+    cfg = soak_app_args(args.models, args.kv_cache_space_gib)
+    print("[soak] starting the app (3 engines) ...", flush=True)
+    with running_app(cfg) as running:
+        load = _LoadThread(running.url, soak_workload(args))
+        samples: list[dict[str, Any]] = []
+        load.start()
+        t0 = time.monotonic()
+        next_at = 0.0
+        while load.is_alive():
+            if time.monotonic() - t0 >= next_at:
+                t = time.monotonic() - t0
+                mem = rep.replica_memory(rep.live_replicas(APP))
+                samples.append({"t_s": t, "replicas": mem})
+                total = sum(m["rss_mib"] for m in mem.values())
+                print(f"[soak {t / 60:5.1f} min] RSS of {len(mem)} replica processes: "
+                      f"{total:.0f} MiB", flush=True)
+                next_at += args.sample_s
+            time.sleep(0.5)
+        samples.append({"t_s": time.monotonic() - t0,
+                        "replicas": rep.replica_memory(rep.live_replicas(APP))})
+        if load.error is not None or load.result is None:
+            raise RuntimeError(f"the load driver failed: {load.error!r}")
+    result = load.result
+    counts = call_counts(result)
+    duration = max((c.end_s for c in result.calls), default=0.0)
+    report = {
+        "command": " ".join(sys.argv), "models": args.models, "app_config": cfg,
+        "workload": result.workload, "duration_s": duration, "window_s": args.sample_s,
+        "warmup_s": args.warmup_s, "max_growth_mib": args.max_growth_mib,
+        "calls": {**counts, "client_timeouts": counts["failed_by_outcome"].get("client_timeout", 0)},
+        "windows": windows(result.calls, args.sample_s, duration),
+        "memory": memory_growth(samples, skip_s=args.warmup_s),
+        "memory_samples": samples,
+    }
+    report["problems"] = problems(report, args.max_growth_mib)
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prefillshare soak", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", choices=["tiny", "smollm2"], default="tiny")
+    p.add_argument("--out", default="runs/soak", help="folder for soak.json, soak.png, soak.md")
+    p.add_argument("--duration-min", type=float, default=30, help="sessions start this long")
+    p.add_argument("--sample-s", type=float, default=60,
+                   help="memory sample period and report window")
+    p.add_argument("--warmup-s", type=float, default=120,
+                   help="memory growth is measured from the first samples after this")
+    p.add_argument("--max-growth-mib", type=float, default=256,
+                   help="fail if a replica process grows more than this (warm start to end)")
+    p.add_argument("--rate", type=float, default=0.2, help="session arrivals per second")
+    p.add_argument("--concurrency", type=int, default=3, help="sessions at once")
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--context-tokens", type=int, default=300)
+    p.add_argument("--output-tokens", type=int, default=24)
+    p.add_argument("--client-timeout-s", type=float, default=180)
+    p.add_argument("--kv-cache-space-gib", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.duration_min <= 0 or args.sample_s <= 0:
+        print("prefillshare soak: --duration-min and --sample-s must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = run_soak(args)
+    (out / "soak.json").write_text(json.dumps(report, indent=2, default=str))
+    plot(report, str(out / "soak.png"))
+    text = markdown(report)
+    (out / "soak.md").write_text(text)
+    print(text, flush=True)
+    print(f"[soak] wrote {out / 'soak.json'}, soak.png, soak.md", flush=True)
+    return EXIT_OK if not report["problems"] else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

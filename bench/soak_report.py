@@ -1,0 +1,140 @@
+"""A soak run's numbers over time: per window requests, errors and p95 latency; per replica
+process RSS at start and end and its growth. Pure functions over the driver's call records
+and the memory samples bench/soak.py took, plus the PNG and the markdown report.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from bench.metrics import percentile
+from bench.records import CallRecord
+
+
+def windows(calls: Sequence[CallRecord], window_s: float, total_s: float) -> list[dict[str, Any]]:
+    """Calls grouped by the window their answer ended in: [t, t + window_s)."""
+    out = []
+    n = max(1, int(total_s // window_s) + (total_s % window_s > 0))
+    for i in range(n):
+        lo, hi = i * window_s, (i + 1) * window_s
+        ended = [c for c in calls if lo <= c.end_s < hi]
+        ok = [c for c in ended if c.ok]
+        out.append({
+            "t_start_s": lo, "t_end_s": hi, "requests": len(ended),
+            "errors": len(ended) - len(ok),
+            "p95_e2e_s": percentile([c.e2e_s for c in ok], 95),
+            "p95_ttft_s": percentile([c.ttft_s for c in ok if c.ttft_s is not None], 95),
+        })
+    return out
+
+
+def memory_growth(samples: Sequence[dict[str, Any]], skip_s: float,
+                  edge: int = 3) -> dict[str, dict[str, Any]]:
+    """Per replica process (actor name + pid: a replaced replica is a new process): RSS at its
+    first sample, the median of its first ``edge`` samples after ``skip_s`` (warm) and of its
+    last ``edge``, the growth between those two, and a least-squares slope in MiB/hour."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in samples:
+        for name, m in s["replicas"].items():
+            series.setdefault(f"{name} pid {int(m['pid'])}", []).append((s["t_s"], m["rss_mib"]))
+    out = {}
+    for key, points in series.items():
+        warm = [p for p in points if p[0] >= skip_s] or points
+        start = statistics.median(v for _, v in warm[:edge])
+        end = statistics.median(v for _, v in warm[-edge:])
+        out[key] = {"first_mib": points[0][1], "start_mib": start, "end_mib": end,
+                    "growth_mib": end - start, "slope_mib_per_h": _slope(warm) * 3600,
+                    "samples": len(points), "span_s": warm[-1][0] - warm[0][0]}
+    return out
+
+
+def _slope(points: Sequence[tuple[float, float]]) -> float:
+    if len(points) < 2:
+        return 0.0
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+def problems(report: dict[str, Any], max_growth_mib: float) -> list[str]:
+    out = []
+    for name, g in report["memory"].items():
+        if g["growth_mib"] > max_growth_mib:
+            out.append(f"{name}: RSS grew {g['growth_mib']:.0f} MiB "
+                       f"({g['start_mib']:.0f} -> {g['end_mib']:.0f}), bound {max_growth_mib:g}")
+    calls = report["calls"]
+    if calls["sent"] == 0:
+        out.append("no calls were sent")
+    hung = calls["client_timeouts"]
+    if hung:
+        out.append(f"{hung} call(s) hung until the client timeout")
+    return out
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, mem) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    ws = report["windows"]
+    mids = [(w["t_start_s"] + w["t_end_s"]) / 120 for w in ws]
+    lat.plot(mids, [w["p95_e2e_s"] for w in ws], marker="o", label="p95 call latency")
+    lat.plot(mids, [w["p95_ttft_s"] for w in ws], marker=".", label="p95 TTFT")
+    lat.set_ylabel("seconds")
+    lat.set_title(f"soak: p95 per {report['window_s']:g} s window")
+    lat.legend()
+    lat.grid(alpha=0.3)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in report["memory_samples"]:
+        for name, m in s["replicas"].items():
+            short = name.split("#", 1)[-1]
+            series.setdefault(short, []).append((s["t_s"] / 60, m["rss_mib"]))
+    for name, pts in sorted(series.items()):
+        mem.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+    mem.set_xlabel("minutes since the load started")
+    mem.set_ylabel("RSS MiB (replica + engine processes)")
+    mem.set_title("memory per replica process")
+    mem.legend(fontsize=7)
+    mem.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    def f(x: Any, fmt: str = ".2f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    calls = report["calls"]
+    lines = [
+        f"# Soak run: {'PASS' if not report['problems'] else 'FAIL'}",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"- duration {report['duration_s'] / 60:.1f} min of load, models {report['models']}, "
+        f"windows of {report['window_s']:g} s",
+        f"- calls: sent {calls['sent']}, completed {calls['completed']}, failed "
+        f"{calls['failed']} {calls['failed_by_outcome'] or ''}",
+        f"- memory bound: growth <= {report['max_growth_mib']:g} MiB per replica process "
+        f"(warm start = after {report['warmup_s']:g} s)",
+        "",
+        "| window (min) | requests | errors | p95 latency s | p95 TTFT s |",
+        "|---|---|---|---|---|",
+    ]
+    for w in report["windows"]:
+        lines.append(f"| {w['t_start_s'] / 60:.1f}-{w['t_end_s'] / 60:.1f} | {w['requests']} | "
+                     f"{w['errors']} | {f(w['p95_e2e_s'])} | {f(w['p95_ttft_s'])} |")
+    lines += ["", "| replica process | first MiB | warm start MiB | end MiB | growth MiB | "
+              "slope MiB/h |", "|---|---|---|---|---|---|"]
+    for name, g in sorted(report["memory"].items()):
+        lines.append(f"| {name} | {g['first_mib']:.0f} | {g['start_mib']:.0f} | "
+                     f"{g['end_mib']:.0f} | {g['growth_mib']:+.0f} | {g['slope_mib_per_h']:+.0f} |")
+    lines.append("")
+    for p in report["problems"]:
+        lines.append(f"- PROBLEM: {p}")
+    return "\n".join(lines) + "\n"

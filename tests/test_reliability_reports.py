@@ -1,0 +1,141 @@
+"""The fault run's and the soak's bookkeeping (bench/fault_report.py, bench/soak_report.py,
+bench/replicas.py names) and the request router's replica pin, on recorded data: no Ray."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from bench.fault_report import call_counts, is_clear_retryable, outcome, problems
+from bench.records import CallRecord, RunResult
+from bench.replicas import Replica, by_deployment, parse_replica_name
+from bench.soak_report import markdown, memory_growth, windows
+from bench.soak_report import problems as soak_problems
+from router_service.routing.serve_router import pinned_replica
+
+
+def _call(start: float, end: float, status: int | None = 200, error: str | None = None,
+          ttft: float | None = 0.1) -> CallRecord:
+    return CallRecord(session="s", turn=0, step=0, role="planner", kind="agent", start_s=start,
+                      end_s=end, ttft_s=ttft, prompt_tokens=10, completion_tokens=4,
+                      cached_tokens=0, status=status, error=error)
+
+
+OPENAI_503 = 'HTTP 503: {"error": {"message": "serving replica lost: x; retry the request"}}'
+
+
+def test_outcomes_and_which_failures_are_clear_retryable_errors():
+    cases = [
+        (_call(0, 1), "completed", False),
+        (_call(0, 1, 503, OPENAI_503), "http_503", True),
+        (_call(0, 1, 504, 'HTTP 504: {"error": {"code": "kv_pull_timeout"}}'), "http_504", True),
+        (_call(0, 1, 500, 'HTTP 500: {"error": {}}'), "http_500", False),
+        (_call(0, 1, 503, "HTTP 503: upstream gone"), "http_503", False),  # no OpenAI body
+        (_call(0, 1, 200, "stream error: serving replica lost: x; retry the request"),
+         "stream_error", True),
+        (_call(0, 150, None, "timeout after 150s"), "client_timeout", False),
+        (_call(0, 1, None, "ReadError: closed"), "transport_error", False),
+    ]
+    for call, kind, retryable in cases:
+        assert outcome(call) == kind, call
+        if call.error is not None:
+            assert is_clear_retryable(call) is retryable, call
+
+
+def _report(calls: list[CallRecord], **overrides) -> dict:
+    result = RunResult(url="u", workload={}, started_at=0.0, calls=calls)
+    report = {"calls": call_counts(result), "blocks_free_after": {"prefill-shared#a": True},
+              "replacement": {"ok": True, "seconds": 5.0, "new_replicas": ["x"]},
+              "after_faults_ok": {"planner": True}, "faults": [{"kind": "kill", "t_s": 1.0}]}
+    report.update(overrides)
+    return report
+
+
+def test_a_clean_fault_run_has_no_problems_and_counts_add_up():
+    report = _report([_call(0, 1), _call(0, 2, 503, OPENAI_503), _call(1, 2)])
+    assert report["calls"]["sent"] == 3
+    assert report["calls"]["completed"] == 2
+    assert report["calls"]["failed_by_outcome"] == {"http_503": 1}
+    assert problems(report) == []
+
+
+@pytest.mark.parametrize("override, expected", [
+    ({"blocks_free_after": {"decode-planner#b": False}}, "stranded"),
+    ({"replacement": {"ok": False, "seconds": 300.0}}, "did not replace"),
+    ({"after_faults_ok": {"critic": False}}, "does not answer"),
+    ({"faults": [{"kind": "kill", "t_s": 1.0, "error": "no such actor"}]}, "could not be applied"),
+])
+def test_each_broken_guarantee_is_a_problem(override, expected):
+    [problem] = problems(_report([_call(0, 1)], **override))
+    assert expected in problem
+
+
+def test_a_hung_call_and_an_unclear_error_are_problems():
+    found = problems(_report([_call(0, 150, None, "timeout after 150s"),
+                              _call(0, 1, 500, 'HTTP 500: {"error": {}}')]))
+    assert any("hung" in p for p in found)
+    assert any("without a clear retryable error" in p for p in found)
+
+
+def test_replica_names():
+    r = parse_replica_name("SERVE_REPLICA::ps-e2e#decode-planner#abc123")
+    assert r == Replica("ps-e2e", "decode-planner", "abc123") and r.is_engine
+    assert r.actor_name == "SERVE_REPLICA::ps-e2e#decode-planner#abc123"
+    assert parse_replica_name("SERVE_CONTROLLER_ACTOR") is None
+    assert not Replica("ps-e2e", "router", "x").is_engine
+    assert by_deployment([r, Replica("ps-e2e", "decode-planner", "z")]) == {
+        "decode-planner": ["abc123", "z"]}
+
+
+def test_router_pins_probe_calls_only():
+    assert pinned_replica(SimpleNamespace(kwargs={"target_replica": "abc"})) == "abc"
+    assert pinned_replica(SimpleNamespace(kwargs={"block_hashes": [1]})) is None
+    assert pinned_replica(None) is None
+
+
+def test_windows_group_calls_by_end_time():
+    calls = [_call(0, 5), _call(0, 8, 503, OPENAI_503), _call(50, 70), _call(60, 119)]
+    ws = windows(calls, window_s=60, total_s=119)
+    assert [(w["requests"], w["errors"]) for w in ws] == [(2, 1), (2, 0)]
+    assert ws[0]["p95_e2e_s"] == 5.0  # only successful calls count for latency
+    assert ws[1]["p95_e2e_s"] == pytest.approx(20 + 0.95 * (59 - 20))
+
+
+def _samples(values: list[float], pid: int = 7) -> list[dict]:
+    return [{"t_s": 60.0 * i, "replicas": {"SERVE_REPLICA::a#decode-x#r": {"pid": pid,
+                                                                           "rss_mib": v}}}
+            for i, v in enumerate(values)]
+
+
+def test_memory_growth_from_the_warm_start_to_the_end():
+    growth = memory_growth(_samples([500, 900, 1000, 1001, 1002, 1010, 1012, 1013]), skip_s=60)
+    [(name, g)] = growth.items()
+    assert name.endswith("pid 7")
+    assert g["first_mib"] == 500  # start-up is not growth
+    assert g["start_mib"] == 1000 and g["end_mib"] == 1012
+    assert g["growth_mib"] == 12
+    report = {"memory": growth, "calls": {"sent": 8, "client_timeouts": 0}}
+    assert soak_problems(report, max_growth_mib=256) == []
+
+
+def test_unbounded_memory_growth_fails_the_soak():
+    leaky = memory_growth(_samples([1000 + 100 * i for i in range(10)]), skip_s=0)
+    [g] = leaky.values()
+    assert g["slope_mib_per_h"] == pytest.approx(6000)
+    report = {"memory": leaky, "calls": {"sent": 8, "client_timeouts": 0}}
+    [problem] = soak_problems(report, max_growth_mib=256)
+    assert "grew 700 MiB" in problem
+
+
+def test_soak_markdown_has_a_row_per_window_and_replica():
+    calls = [_call(0, 5), _call(61, 70)]
+    report = {"command": "prefillshare soak", "duration_s": 120, "models": "tiny",
+              "window_s": 60, "warmup_s": 0, "max_growth_mib": 256,
+              "calls": {"sent": 2, "completed": 2, "failed": 0, "failed_by_outcome": {}},
+              "windows": windows(calls, 60, 120), "memory": memory_growth(_samples([1, 2]), 0),
+              "problems": []}
+    text = markdown(report)
+    assert text.startswith("# Soak run: PASS")
+    assert "| 0.0-1.0 | 1 | 0 |" in text and "| 1.0-2.0 | 1 | 0 |" in text
+    assert "decode-x" in text
