@@ -5,8 +5,15 @@
   prefillshare up       config.yaml   start a local Ray head on 127.0.0.1, `serve deploy` the
                                       config, print the endpoints, stop everything on Ctrl-C
   prefillshare status                 the Serve application's status on a running cluster
+  prefillshare deploy   config.yaml   `serve deploy` to a running cluster, wait until RUNNING
+  prefillshare train | eval ...       decoder training and evaluation (python -m training)
+  prefillshare bench run|compare|pd   load generator, topology comparison, single-request P/D
+  prefillshare render-k8s config.yaml KubeRay manifests (RayService, RayJob) into k8s/
+  prefillshare push-dashboard         the Grafana dashboard and its Prometheus data source
+  prefillshare fault | soak ...       reliability runs under load (fault injection, soak)
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad config or usage.
+`prefillshare COMMAND --help` for each. Exit codes: 0 ok, 1 runtime failure, 2 bad config or
+usage.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from deployments import cli_delegate
+from deployments.cli_delegate import Delegated
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("prefillshare")
@@ -59,10 +70,53 @@ def app_status(dashboard: str, app_name: str,
     return str(app.get("status")), app.get("message") or detail
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    headers = {}
+def _auth_headers(token_file: str) -> dict[str, str]:
+    if not token_file:
+        return {}
+    return {"Authorization": f"Bearer {Path(token_file).read_text().strip()}"}
+
+
+def wait_until_running(dashboard: str, app_name: str, headers: dict[str, str],
+                       timeout_s: float | None = None) -> int:
+    """Prints each change of the app's status; EXIT_OK once RUNNING, EXIT_FAILED on
+    DEPLOY_FAILED or after ``timeout_s``."""
+    t0 = time.monotonic()
+    last = ""
+    while True:
+        status, message = app_status(dashboard, app_name, headers)
+        state = f"{status} {message}"[:300]
+        if state != last:  # print changes only
+            print(f"[prefillshare] {time.monotonic() - t0:5.0f}s {state}", flush=True)
+            last = state
+        if status == "RUNNING":
+            return EXIT_OK
+        if status == "DEPLOY_FAILED":
+            print(f"[prefillshare] deploy failed: {message}", file=sys.stderr)
+            return EXIT_FAILED
+        if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+            print(f"[prefillshare] not RUNNING after {timeout_s:.0f}s: {state}", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(3)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    sf = _load(args.config)  # the schema check, before anything reaches the cluster
+    headers = _auth_headers(args.token_file)
+    env = dict(os.environ)
     if args.token_file:
-        headers["Authorization"] = f"Bearer {Path(args.token_file).read_text().strip()}"
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(Path(args.token_file))})
+    print(f"[prefillshare] serve deploy {sf.path} -a {args.address} ...", flush=True)
+    subprocess.run([str(Path(sys.executable).with_name("serve")), "deploy", str(sf.path),
+                    "-a", args.address], check=True, env=env)
+    try:
+        return wait_until_running(args.address, sf.app_name, headers, args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"prefillshare: lost the cluster at {args.address}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    headers = _auth_headers(args.token_file)
     try:
         status, message = app_status(args.address, args.app, headers)
     except httpx.HTTPError as exc:
@@ -81,6 +135,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     plan = make_plan(sf.app)
     run_dir = Path(args.run_dir)
     head = LocalRayHead(dashboard_port=args.dashboard_port, gcs_port=args.ray_port,
+                        metrics_export_port=args.metrics_export_port,
                         temp_dir=Path(args.ray_temp_dir))
     def on_sigterm(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -96,19 +151,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"[prefillshare] serve deploy {sf.path} ...", flush=True)
         subprocess.run([serve_bin, "deploy", str(sf.path), "-a", head.dashboard_url],
                        check=True, env=head.env())
-        last = ""
-        while True:
-            status, message = app_status(head.dashboard_url, sf.app_name, head.auth_headers())
-            state = f"{status} {message}"[:300]
-            if state != last:  # print changes only
-                print(f"[prefillshare] {time.monotonic() - t0:5.0f}s {state}", flush=True)
-                last = state
-            if status == "RUNNING":
-                break
-            if status == "DEPLOY_FAILED":
-                print(f"[prefillshare] deploy failed: {message}", file=sys.stderr)
-                return EXIT_FAILED
-            time.sleep(3)
+        if wait_until_running(head.dashboard_url, sf.app_name, head.auth_headers()) != EXIT_OK:
+            return EXIT_FAILED
         base = f"http://{sf.http_host}:{sf.http_port}{sf.route_prefix.rstrip('/')}"
         print(f"[prefillshare] ready in {time.monotonic() - t0:.0f}s. Endpoints:")
         print(f"  GET  {base}/v1/models")
@@ -117,6 +161,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         for r in plan.roles:
             print(f"  POST {base}/roles/{r.role}/v1/chat/completions")
         print(f"  GET  {base}/stats   (prefix-cache and KV-transfer counters)")
+        print(f"  GET  http://127.0.0.1:{args.metrics_export_port}/metrics   (Ray's Prometheus "
+              "exporter: docs/operations.md)")
         print("[prefillshare] Ctrl-C stops the app and the Ray processes started here.", flush=True)
         if args.exit_when_ready:
             return EXIT_OK
@@ -143,12 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("config", nargs="?", default="config.yaml")
         s.set_defaults(fn=fn)
-    up = sub.add_parser("up", help="run the app on a local Ray cluster (127.0.0.1)",
+    up = sub.add_parser("up", aliases=["serve"],
+                        help="run the app on a local Ray cluster (127.0.0.1)",
                         description="Start Ray on 127.0.0.1, serve deploy CONFIG, wait for it, "
                         "print the endpoints; Ctrl-C stops only what this command started.")
     up.add_argument("config", nargs="?", default="config.yaml")
     up.add_argument("--ray-port", type=int, default=6390)
     up.add_argument("--dashboard-port", type=int, default=8265)
+    up.add_argument("--metrics-export-port", type=int, default=8080,
+                    help="Ray's Prometheus exporter (127.0.0.1 only)")
     up.add_argument("--ray-temp-dir", default="/tmp/prefillshare-ray")
     up.add_argument("--run-dir", default="runs/local", help="where logs go")
     up.add_argument("--exit-when-ready", action="store_true",
@@ -160,16 +209,38 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--token-file", default="runs/local/ray_auth_token",
                     help="the Ray auth token `up` wrote (empty string: no auth)")
     st.set_defaults(fn=cmd_status)
-    for name, (_, text) in DELEGATED.items():
-        # Listed here for --help; main() hands the rest of the command line to the module.
-        sub.add_parser(name, help=text, description=text)
+    dep = sub.add_parser("deploy", help="serve deploy a config to a running Ray cluster",
+                         description="`serve deploy CONFIG` to the cluster at --address, then "
+                         "wait until the app is RUNNING (exit 0) or fails (exit 1).")
+    dep.add_argument("config", nargs="?", default="config.yaml")
+    dep.add_argument("--address", default="http://127.0.0.1:8265", help="the Ray dashboard")
+    dep.add_argument("--token-file", default="runs/local/ray_auth_token",
+                     help="the cluster's Ray auth token (empty string: no auth)")
+    dep.add_argument("--timeout", type=float, default=1800, help="seconds to wait for RUNNING")
+    dep.set_defaults(fn=cmd_deploy)
+    cli_delegate.add_parsers(sub, DELEGATED, GROUPS)
     return p
 
 
 # Subcommands whose modules parse their own options (`prefillshare NAME --help`).
 DELEGATED = {
-    "fault": ("bench.fault_run", "fault run under load: kill replicas, fail KV pulls"),
-    "soak": ("bench.soak", "long moderate load; memory per replica must stay bounded"),
+    "train": Delegated("training.__main__", "fine-tune a role's decoder (python -m training train)",
+                       ("train",)),
+    "eval": Delegated("training.__main__", "score decoders across the KV boundary "
+                      "(python -m training eval)", ("eval",)),
+    "render-k8s": Delegated("deployments.k8s.render",
+                            "render the KubeRay manifests (RayService, RayJob) from a config"),
+    "push-dashboard": Delegated("observability.grafana_push",
+                                "push the Grafana dashboard and its Prometheus data source"),
+    "fault": Delegated("bench.fault_run", "fault run under load: kill replicas, fail KV pulls"),
+    "soak": Delegated("bench.soak", "long moderate load; memory per replica must stay bounded"),
+}
+GROUPS = {
+    "bench": {
+        "run": Delegated("bench.run", "replay a multi-agent workload against a running app"),
+        "compare": Delegated("bench.compare", "PrefillShare vs the per-model baseline, here"),
+        "pd": Delegated("bench.pd_single_request", "single-request P/D timing, stage by stage"),
+    },
 }
 
 
@@ -177,10 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:
-        import importlib
-
-        return int(importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:]))
+    delegated = cli_delegate.dispatch(argv, DELEGATED, GROUPS)
+    if delegated is not None:
+        return delegated
     args = build_parser().parse_args(argv)
     from deployments.app import ConfigError
     from deployments.kv_compat import KvIncompatible

@@ -26,6 +26,7 @@ LOOPBACK = "127.0.0.1"
 class LocalRayHead:
     gcs_port: int = 6390
     dashboard_port: int = 8265
+    metrics_export_port: int | None = None  # Ray's Prometheus exporter on this node
     num_cpus: int | None = None
     temp_dir: Path = Path("/tmp/prefillshare-ray")
     proc: subprocess.Popen[bytes] | None = None
@@ -52,8 +53,8 @@ class LocalRayHead:
         return f"{LOOPBACK}:{self.gcs_port}"
 
     def start(self, log_path: Path, timeout_s: float = 120) -> None:
-        for port in (self.gcs_port, self.dashboard_port):
-            if port_in_use(port):
+        for port in (self.gcs_port, self.dashboard_port, self.metrics_export_port):
+            if port is not None and port_in_use(port):
                 raise RuntimeError(f"port {port} on {LOOPBACK} is in use: is another cluster running?")
         ray = Path(sys.executable).with_name("ray")
         cmd = [str(ray), "start", "--head", "--block", f"--node-ip-address={LOOPBACK}",
@@ -62,6 +63,8 @@ class LocalRayHead:
                "--include-dashboard=true", "--disable-usage-stats"]
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
+        if self.metrics_export_port is not None:
+            cmd.append(f"--metrics-export-port={self.metrics_export_port}")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         # Ray's token auth stays on, with a token of this run's own (never ~/.ray's).
         self.token_path = log_path.parent / "ray_auth_token"
