@@ -54,6 +54,7 @@ def _router_config(cfg: AppConfig, policy: str, pool: EnginePool) -> RequestRout
             "load_relative_factor": r.load_bound, "load_absolute_threshold": r.load_absolute_threshold,
             "prefer_prefix_over_session": r.prefer_prefix_over_session,
             "index_capacity_blocks": capacity,
+            "kv_events": r.kv_events, "kv_events_keep_sent_s": r.kv_events_keep_sent_s,
         },
         request_routing_stats_period_s=r.stats_period_s,
     )
@@ -80,7 +81,8 @@ def bind_plan(cfg: AppConfig, plan: DeploymentPlan) -> Application:
         "prefix_locality" if cfg.decode_kv_mode == "reuse" else "least_loaded")
     prefill = {
         p.name: _engine_deployment(PrefillServer, p, _router_config(cfg, cfg.routing.prefill_policy, p))
-        .bind(p.spec, p.pool, p.core_offset)
+        .bind(p.spec, p.pool, p.core_offset,
+              kv_events_namespace=p.name if cfg.routing.kv_events else None)
         for p in plan.prefill
     }
     decode = {

@@ -137,6 +137,13 @@ class RoutingConfig(_Strict):
         True, description="Longest cached prefix first, session home second (ties go home)."
     )
     stats_period_s: float = Field(2.0, gt=0, description="How often replicas report load.")
+    kv_events: bool = Field(
+        False, description="Prefill engines publish vLLM KV cache events; the router's prefix "
+        "index then follows what each engine really stores and evicts (off: the router's own "
+        "record of what it sent where).")
+    kv_events_keep_sent_s: float = Field(
+        30.0, gt=0, description="With kv_events: the router's own sends of this many seconds "
+        "outlive an engine snapshot that does not show them yet (it may predate their prefill).")
     max_retries: int = Field(2, ge=0, description="Retries on another replica after a replica dies.")
 
 

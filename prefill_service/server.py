@@ -27,6 +27,34 @@ class PrefillResult:
 class PrefillServer(EngineServer):
     kind = "prefill"
 
+    def __init__(self, spec: Any, pool: str, core_offset: int = 0,
+                 kv_events_namespace: str | None = None) -> None:
+        """``kv_events_namespace`` (the ingress's block-hash namespace: this deployment's name)
+        turns on vLLM's KV cache events: a feed bound before the engine starts learns what the
+        engine stores and evicts, and ``record_routing_stats`` publishes it to the routers."""
+        self.kv_feed = None
+        if kv_events_namespace is not None:
+            from vllm.config import KVEventsConfig
+
+            from router_service.routing.kv_event_feed import KvEventFeed
+            from vllm_runtime.replica_env import node_host
+
+            self.kv_feed = KvEventFeed(spec.options.block_size, kv_events_namespace, node_host())
+            extra = {**spec.options.extra,
+                     "kv_events_config": KVEventsConfig(**self.kv_feed.kv_events_config())}
+            spec = dataclasses.replace(spec, options=spec.options.model_copy(update={"extra": extra}))
+        super().__init__(spec, pool, core_offset)
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        stats = super().record_routing_stats()
+        # Cumulative engine counters: per-replica hit ratio and load spread in bench and tests.
+        c = self.engine.counters
+        stats.update(prefix_queries=c.prefix_queries, prefix_hits=c.prefix_hits,
+                     requests_finished=self.engine.requests_finished)
+        if self.kv_feed is not None:
+            stats["kv_blocks"] = self.kv_feed.state.snapshot()
+        return stats
+
     async def prefill(self, request_id: str, prompt_token_ids: list[int],
                       block_hashes: list[int] | None = None) -> PrefillResult:
         """``block_hashes`` is read by the request router (prefix locality), not here."""

@@ -9,18 +9,20 @@ Runs inside the router (one per ingress replica, single asyncio loop: no locks).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 
 class ReplicaBlocks:
-    """One replica's cached block hashes in LRU order (least recent first)."""
+    """One replica's cached block hashes in LRU order (least recent first), each with the
+    time the router last sent it there (None: learned from the engine's events only)."""
 
     def __init__(self, capacity_blocks: int) -> None:
         if capacity_blocks <= 0:
             raise ValueError(f"capacity_blocks must be positive, got {capacity_blocks}")
         self.capacity_blocks = capacity_blocks
-        self._lru: OrderedDict[int, None] = OrderedDict()
+        self._lru: OrderedDict[int, float | None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -28,17 +30,43 @@ class ReplicaBlocks:
     def __contains__(self, block_hash: int) -> bool:
         return block_hash in self._lru
 
-    def touch_chain(self, hashes: Sequence[int]) -> None:
+    def touch_chain(self, hashes: Sequence[int], sent_at: float | None = None) -> None:
         """Insert or refresh a request's chain. Touched tail first so that the chain's first
         block ends most recent: like vLLM, which frees a request's blocks in reverse order, an
         eviction then cuts a chain from its end and the surviving part is still a prefix."""
         for h in reversed(hashes):
             if h in self._lru:
                 self._lru.move_to_end(h)
+                if sent_at is not None:
+                    self._lru[h] = sent_at
             else:
-                self._lru[h] = None
+                self._lru[h] = sent_at
+        self._trim()
+
+    def _trim(self) -> None:
         while len(self._lru) > self.capacity_blocks:
             self._lru.popitem(last=False)
+
+    def hashes(self) -> list[int]:
+        return list(self._lru)
+
+    def reconcile(self, held: Iterable[int], keep_sent_after: float) -> tuple[int, int]:
+        """Replace our guess by the engine's held set, keeping blocks we sent at or after
+        ``keep_sent_after`` (the snapshot may predate their prefill). Blocks the engine holds
+        that we did not know (another router's sends) join at the least recent end. Returns
+        (added, removed)."""
+        held = set(held)
+        new: OrderedDict[int, float | None] = OrderedDict((h, None) for h in held if h not in self._lru)
+        removed = 0
+        for h, sent_at in self._lru.items():
+            if h in held or (sent_at is not None and sent_at >= keep_sent_after):
+                new[h] = sent_at
+            else:
+                removed += 1
+        added = sum(1 for h in new if h not in self._lru)
+        self._lru = new
+        self._trim()
+        return added, removed
 
     def remove(self, hashes: Iterable[int]) -> None:
         for h in hashes:
@@ -58,10 +86,12 @@ class ReplicaBlocks:
 
 class PrefixIndex:
     """Per-replica LRU of block hashes; ``match_length`` is the expected prefix-cache hit in
-    blocks. Replicas appear on first mention and vanish with ``drop_replica``."""
+    blocks. Replicas appear on first mention and vanish with ``drop_replica``. ``clock`` times
+    our sends (for ``apply_engine_snapshot``); the simulator may pass its own."""
 
-    def __init__(self, capacity_blocks: int) -> None:
+    def __init__(self, capacity_blocks: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity_blocks = capacity_blocks
+        self.clock = clock
         self._replicas: dict[str, ReplicaBlocks] = {}
 
     def _blocks(self, replica_id: str) -> ReplicaBlocks:
@@ -81,12 +111,26 @@ class PrefixIndex:
         """The router sent a prompt with this chain to ``replica_id``: after its prefill the
         engine caches every full block of it."""
         if hashes:
-            self._blocks(replica_id).touch_chain(hashes)
+            self._blocks(replica_id).touch_chain(hashes, sent_at=self.clock())
 
     def on_block_stored(self, replica_id: str, hashes: Sequence[int]) -> None:
         """KV event: the engine stored these blocks (hashes already in our chain's terms,
         see router_service.routing.kv_events)."""
-        self.record_sent(replica_id, hashes)
+        if hashes:
+            self._blocks(replica_id).touch_chain(hashes)
+
+    def apply_engine_snapshot(self, replica_id: str, held: Iterable[int],
+                              keep_sent_within_s: float) -> tuple[int, int]:
+        """The engine's own held set (from its KV events, published in its routing stats,
+        router_service.routing.kv_event_feed) replaces our guess for ``replica_id``: blocks it
+        evicted go, blocks other routers placed there come in. Our sends of the last
+        ``keep_sent_within_s`` stay: the snapshot can predate their prefill. (added, removed)."""
+        return self._blocks(replica_id).reconcile(held, self.clock() - keep_sent_within_s)
+
+    def hashes(self, replica_id: str) -> list[int]:
+        """``replica_id``'s blocks, least recently used first."""
+        blocks = self._replicas.get(replica_id)
+        return blocks.hashes() if blocks is not None else []
 
     def on_block_removed(self, replica_id: str, hashes: Iterable[int]) -> None:
         blocks = self._replicas.get(replica_id)

@@ -7,12 +7,15 @@ of the first ranked group that has capacity; the policy's groups are singletons 
 overloaded tail, so the first group is the pick.
 
 Configured through ``RequestRouterConfig(request_router_kwargs=...)`` (deployments/app.py):
-``policy`` names one of POLICIES; the rest are RoutingPolicyConfig fields.
+``policy`` names one of POLICIES; ``kv_events`` / ``kv_events_keep_sent_s`` fold the engines'
+KV cache events (each prefill replica's ``kv_blocks`` routing stat, kv_event_feed.py) into the
+policy's prefix index; the rest are RoutingPolicyConfig fields.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
@@ -63,11 +66,15 @@ def pinned_replica(pending: PendingRequest | None) -> str | None:
 
 class PrefixLocalityRequestRouter(RequestRouter):
     def initialize_state(self, policy: str = "prefix_locality", deployment: str = "",
+                         kv_events: bool = False, kv_events_keep_sent_s: float = 30.0,
                          **config: Any) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown routing policy {policy!r}; one of {sorted(POLICIES)}")
         self.policy = POLICIES[policy](RoutingPolicyConfig(**config))
         self.policy_name = policy
+        self.kv_events = kv_events
+        self.kv_events_keep_sent_s = kv_events_keep_sent_s
+        self._kv_applied: dict[str, tuple[str, int]] = {}  # replica -> (epoch, version) folded in
         from router_service.routing.metrics import RoutingMetrics
 
         self.metrics = RoutingMetrics(deployment or "unknown")
@@ -80,6 +87,8 @@ class PrefixLocalityRequestRouter(RequestRouter):
         if target is not None:
             # A probe of one replica (leak check, stats, fault injection): that one or none.
             return [[by_id[target]]] if target in by_id else []
+        if self.kv_events:
+            self.apply_kv_snapshots(candidate_replicas)
         loads = [ReplicaLoad(rid, self._queue_len(r)) for rid, r in by_id.items()]
         request = route_request_of(pending_request)
         ranked = self.policy.rank(loads, request)
@@ -93,9 +102,32 @@ class PrefixLocalityRequestRouter(RequestRouter):
             self.metrics.decision(classify_decision(self.policy, loads, request, top))
         return groups or [candidate_replicas]
 
+    def apply_kv_snapshots(self, replicas: Iterable[RunningReplica]) -> None:
+        """Fold each replica's newest engine snapshot into the index, once per version. A
+        replica without one (events off, too many blocks, not yet polled) keeps our record."""
+        index = getattr(self.policy, "index", None)
+        if index is None:
+            return
+        for r in replicas:
+            snap = (getattr(r, "routing_stats", None) or {}).get("kv_blocks")
+            if not snap or snap.get("blocks") is None:
+                continue
+            rid = r.replica_id.unique_id
+            key = (snap["epoch"], snap["version"])
+            if self._kv_applied.get(rid) == key:
+                continue
+            self._kv_applied[rid] = key
+            added, removed = index.apply_engine_snapshot(rid, snap["blocks"],
+                                                         self.kv_events_keep_sent_s)
+            self.metrics.kv_event_blocks(added, removed)
+
     def _queue_len(self, replica: RunningReplica) -> int:
         cached = self._replica_queue_len_cache.get(replica.replica_id)
         return int(cached or 0)
+
+    def on_send_request(self, replica_id: ReplicaID) -> None:
+        super().on_send_request(replica_id)
+        self.metrics.sent(replica_id.unique_id)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         super().on_request_completed(replica_id, internal_request_id)
@@ -112,3 +144,14 @@ class PrefixLocalityRequestRouter(RequestRouter):
         super().update_replicas(replicas)
         for rid in gone:  # drained or replaced: its sessions move on
             self.policy.on_replica_removed(rid)
+            self._kv_applied.pop(rid, None)
+
+
+def live_routers(deployment: str | None = None) -> list[PrefixLocalityRequestRouter]:
+    """The routers of this process, for tests and debugging (what does my index hold?). Found
+    by a heap walk: Serve builds them out of sight (a registry filled in initialize_state
+    stayed empty when read from the caller's thread)."""
+    import gc
+
+    return [o for o in gc.get_objects() if isinstance(o, PrefixLocalityRequestRouter)
+            and hasattr(o, "metrics") and (deployment is None or o.metrics.deployment == deployment)]
