@@ -4,6 +4,7 @@ can retry; the session id rides along for the request routers."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,11 +12,20 @@ from router_service.backend import GenerationDelta, SamplingSpec
 from router_service.pd_backend import ReplicaGone
 from router_service.routing.block_hashes import prompt_block_hashes
 
+log = logging.getLogger(__name__)
+
 
 def _is_replica_loss(exc: BaseException) -> bool:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
     return isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError))
+
+
+def _replica_gone(deployment: str, exc: BaseException) -> ReplicaGone:
+    """The client's message names the pool only: Ray's text carries actor ids, pids and node
+    addresses, which stay in the log."""
+    log.warning("%s replica lost: %s", deployment, exc)
+    return ReplicaGone(f"a {deployment} replica died")
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -44,7 +54,7 @@ class ServePrefillClient:
             return await h.prefill.remote(request_id, prompt_token_ids, block_hashes=list(hashes))
         except Exception as exc:
             if _is_replica_loss(exc):
-                raise ReplicaGone(str(exc)) from exc
+                raise _replica_gone(self.namespace, exc) from exc
             raise _unwrap(exc) from None
 
 
@@ -68,7 +78,7 @@ class ServeDecodeClient:
                 yield delta
         except Exception as exc:
             if _is_replica_loss(exc):
-                raise ReplicaGone(str(exc)) from exc
+                raise _replica_gone(self.namespace, exc) from exc
             raise _unwrap(exc) from None
         finally:
             # Leaving early (client gone, timeout) cancels the call in the decode replica,
