@@ -106,7 +106,3 @@ class MeteredBackend:
     def _set_inflight(self, role: str, change: int) -> None:
         self._inflight[role] += change
         self.sink.inflight(role, self._inflight[role])
-
-    def __getattr__(self, name: str) -> Any:
-        # The ingress reads the inner backend's counters (retries) through the wrapper.
-        return getattr(self.inner, name)

@@ -62,7 +62,8 @@ class EngineMetrics:
     def publish(self, c: EngineCounters) -> None:
         """Every step, not throttled: a throttle drops the last steps of a burst (the engine
         then goes idle and reports nothing more), which left counters behind and queue depth
-        stuck at its busy value. Ray aggregates in-process, so a call costs microseconds."""
+        stuck at its busy value. Ray aggregates in-process: ~60 us per step for all of them
+        (measured in a Ray actor on the 2-core dev box), against 10-50 ms per CPU step."""
         self._set(self._hit_ratio, c.prefix_hit_ratio)
         self._set(self._usage, c.kv_cache_usage)
         self._set(self._queue, c.running + c.waiting)
