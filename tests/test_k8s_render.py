@@ -190,3 +190,11 @@ def test_writes_the_manifests(tmp_path):
     written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.yaml"))
     assert written == ["models-pvc.yaml", "rayservice.yaml", "training/rayjob.yaml",
                        "training/train-config.yaml"]
+
+
+def test_prefillshare_render_k8s_subcommand(monkeypatch, tmp_path):
+    from deployments.cli import main as cli_main
+
+    monkeypatch.chdir(ROOT)
+    assert cli_main(["render-k8s", "config.yaml", "--out", "k8s", "--check"]) == 0
+    assert cli_main(["render-k8s", "config.yaml", "--out", str(tmp_path), "--check"]) == 1
