@@ -1,7 +1,8 @@
 """`python -m training {train,eval,nll,example-config}`: the training CLI (runs in the driver).
 
-train: one decoder for one task on Ray Train; rerun the same command after a crash to resume
-       from the latest checkpoint (same run name and storage dir).
+train: one decoder for one task on Ray Train (--backend local: the same loop in-process);
+       rerun the same command after a crash to resume from the latest checkpoint (same run
+       name and storage dir).
 eval:  scores base / Full-FT / naive sharing / PrefillShare (+LoRA) and the r sweep; writes
        results.json, table.md and sweep.png to the eval config's output_dir.
 nll:   teacher-forced held-out NLL per response token for the same variants and r sweep.
@@ -55,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, required=True, help="training YAML (see example-config train)")
     train.add_argument("--ray-temp-dir", default=None, help="Ray's temp dir when starting a local Ray")
     train.add_argument("--max-failures", type=int, default=0, help="worker crashes Ray Train retries in-run")
+    train.add_argument(
+        "--backend",
+        choices=["ray", "local"],
+        default="ray",
+        help="ray: Ray Train TorchTrainer (default); local: the same worker loop in this process, "
+        "one worker on CUDA if present (for machines without Ray)",
+    )
     evaluate = sub.add_parser("eval", help="score decoders across the KV boundary")
     evaluate.add_argument("--config", type=Path, required=True, help="evaluation YAML (see example-config eval)")
     nll = sub.add_parser("nll", help="held-out response NLL per token across the r sweep")
@@ -74,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     from training.config import EvalConfig, TrainConfig, load_yaml
 
     if args.command == "train":
+        cfg = load_yaml(args.config, TrainConfig)
+        if args.backend == "local":
+            from training.local_train import run_local_training
+
+            print(run_local_training(cfg))
+            return 0
         from training.ray_train import run_training
 
-        cfg = load_yaml(args.config, TrainConfig)
         print(run_training(cfg, ray_temp_dir=args.ray_temp_dir, max_failures=args.max_failures))
         return 0
     if args.command == "nll":

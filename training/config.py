@@ -105,6 +105,7 @@ class EvalConfig(_Strict):
     multi_turn: bool = Field(True, description="score the multi-turn case on synthetic_arith")
     output_dir: Path = Path("runs/eval")
     threads: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if torch sees one")
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

@@ -60,15 +60,34 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def eval_device(choice: str) -> torch.device:
+    from training.local_train import pick_device
+    from training.train_job import enable_fast_matmul
+
+    device = pick_device({"auto": "auto", "cpu": False, "cuda": True}[choice])
+    enable_fast_matmul(device)
+    return device
+
+
 class Evaluator:
     def __init__(self, cfg: EvalConfig) -> None:
         self.cfg = cfg
+        self.device = eval_device(cfg.device)
         self.base, self.tokenizer, self.base_path = load_base(cfg.base_model)
+        self.base.to(self.device)
         self.decoders: dict[str, PreTrainedModel] = {"base": self.base}
         for key, ref in cfg.decoders.items():
-            self.decoders[key] = load_decoder(ref, self.base_path)
+            self.decoders[key] = load_decoder(ref, self.base_path).to(self.device)
         self.eos = [self.tokenizer.eos_token_id]
         self.samples: list[dict] = []  # completions, for reading what the numbers mean
+        # One line per finished score: a run cut short still leaves what it measured.
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        self.partial = cfg.output_dir / "scores.partial.jsonl"
+        self.partial.write_text("")
+
+    def _record(self, score: Score) -> None:
+        with self.partial.open("a") as f:
+            f.write(json.dumps(asdict(score)) + "\n")
 
     def _generate(self, decoder: str, contexts: list[list[int]], ratio: float, shared: list[int] | None = None):
         model = self.decoders[decoder]
@@ -89,6 +108,7 @@ class Evaluator:
             for ex, t in zip(examples[:5], texts[:5])
         )
         log.info("%s %s r=%.2f: %d/%d (%.1f s)", score.task, variant, ratio, correct, score.n, score.seconds)
+        self._record(score)
         return score
 
     def score_task(self, task_cfg: TaskConfig) -> list[Score]:
@@ -132,6 +152,7 @@ class Evaluator:
                 correct = sum(int(g is not None and scoring.score_number(t, g)) for t, g in zip(texts, golds))
                 name = f"{decoder} turn2 earlier-output KV from {source}"
                 scores.append(Score("synthetic_arith_2turn", name, ratio, correct, len(examples), round(time.perf_counter() - t0, 1)))
+                self._record(scores[-1])
                 log.info("%s: %d/%d", name, correct, len(examples))
         return scores
 

@@ -28,9 +28,13 @@ _PLAN = {"base": "base", "naive": "full_ft", "prefillshare": "prefillshare", "pr
 @torch.no_grad()
 def heldout_nll(cfg: EvalConfig, limit: int = 96) -> dict[str, dict[str, float]]:
     """{task: {"variant@r": mean NLL per response token}} over `limit` held-out examples."""
+    from training.evaluate import eval_device
+
     torch.set_num_threads(cfg.threads)
+    device = eval_device(cfg.device)
     base, tokenizer, base_path = load_base(cfg.base_model)
-    models = {"base": base} | {k: load_decoder(ref, base_path) for k, ref in cfg.decoders.items()}
+    base.to(device)
+    models = {"base": base} | {k: load_decoder(ref, base_path).to(device) for k, ref in cfg.decoders.items()}
     out: dict[str, dict[str, float]] = {}
     for task_cfg in cfg.tasks:
         task = get_task(task_cfg.name)
@@ -59,4 +63,7 @@ def write_nll(cfg: EvalConfig, limit: int = 96) -> Path:
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.output_dir / "heldout_nll.json"
     path.write_text(json.dumps({"limit": limit, "nll_per_token": result}, indent=2))
+    from training.report import nll_sweep_plot
+
+    nll_sweep_plot(result, cfg.output_dir / "nll_sweep.png")
     return path

@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.config import TrainConfig
-from training.data import TokenizedExample, tokenize_examples
-from training.loop import WorkerEnv, total_steps, train_decoder
-from training.models import export_decoder, load_base, make_decoder, model_identity
-from training.tasks import get_task
+from training.local_train import default_run_name
+from training.loop import WorkerEnv
+from training.train_job import load_training_data, train_and_export  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 _STATE_FILE = "state.pt"
@@ -50,12 +48,6 @@ class RayCheckpointStore:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def load_training_data(cfg: TrainConfig, tokenizer) -> list[TokenizedExample]:
-    task = get_task(cfg.task.name, cfg.task.multi_turn_fraction)
-    examples = task.load("train", cfg.task.train_limit, cfg.task.seed)
-    return tokenize_examples(tokenizer, examples, cfg.max_length)
-
-
 def _allreduce_sum(tensors: list[torch.Tensor]) -> None:
     import torch.distributed as dist
 
@@ -75,8 +67,6 @@ def worker_main(config: dict[str, Any]) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = TrainConfig.model_validate(config)
-    torch.set_num_threads(cfg.threads_per_worker)
-    torch.manual_seed(cfg.seed)
     context = ray.train.get_context()
     env = WorkerEnv(
         rank=context.get_world_rank(),
@@ -84,31 +74,7 @@ def worker_main(config: dict[str, Any]) -> None:
         device=ray.train.torch.get_device(),
         allreduce=_allreduce_sum if context.get_world_size() > 1 else None,
     )
-    base, tokenizer, base_path = load_base(cfg.base_model)
-    decoder = make_decoder(base_path, cfg.mode, cfg.lora, cfg.seed).to(env.device)
-    # The conventional baseline never reads base KV: free the memory.
-    base = base.to(env.device) if cfg.boundary_ratio > 0 else None
-    data = load_training_data(cfg, tokenizer)
-    t0 = time.perf_counter()
-    losses = train_decoder(cfg, base, decoder, data, RayCheckpointStore(), env)
-    if env.rank == 0:
-        record = {
-            "format": 1,
-            "kind": "lora" if cfg.mode == "prefillshare_lora" else "full",
-            "mode": cfg.mode,
-            "sharing_ratio": cfg.boundary_ratio,
-            "base": model_identity(base_path),
-            "steps": total_steps(cfg, len(data)),
-            "examples": len(data),
-            "losses": [round(x, 5) for x in losses],
-            "seconds_last_run": round(time.perf_counter() - t0, 1),
-            "train_config": cfg.model_dump(mode="json"),
-        }
-        export_decoder(decoder.cpu(), tokenizer, cfg.output_dir, record, cfg.save_dtype)
-
-
-def default_run_name(cfg: TrainConfig) -> str:
-    return cfg.run_name or f"{cfg.output_dir.name}-{cfg.mode}"
+    train_and_export(cfg, env, RayCheckpointStore())
 
 
 def run_training(cfg: TrainConfig, ray_temp_dir: str | None = None, max_failures: int = 0) -> Path:

@@ -75,6 +75,36 @@ def sweep_plot(scores: Sequence[Score], path: Path) -> Path | None:
     return path
 
 
+def nll_sweep_plot(nll_per_token: dict[str, dict[str, float]], path: Path) -> Path | None:
+    """Held-out NLL per response token vs r, naive vs PrefillShare, one panel per task
+    ({task: {"variant@r": nats}} as heldout_nll returns it); Full-FT's own prefill is naive@0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(t for t, rows in nll_per_token.items() if any(k.startswith(("naive@", "prefillshare@")) for k in rows))
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = nll_per_token[task]
+        for variant, style in (("naive", "o--"), ("prefillshare", "s-")):
+            pts = sorted((float(k.split("@")[1]), v) for k, v in rows.items() if k.split("@")[0] == variant)
+            if pts:
+                ax.plot([r for r, _ in pts], [v for _, v in pts], style, label=variant)
+        ax.set_title(task)
+        ax.set_xlabel("sharing ratio r (context on base KV)")
+        ax.set_ylabel("held-out NLL, nats / response token")
+        ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_report(scores: Sequence[Score], out_dir: Path) -> None:
     (out_dir / "table.md").write_text(markdown_table(scores))
     sweep_plot(scores, out_dir / "sweep.png")

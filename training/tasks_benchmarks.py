@@ -51,6 +51,9 @@ def load_gsm8k(split: Split, limit: int | None, seed: int) -> list[Example]:
 
 # ---------------------------------------------------------------- BFCL
 def _bfcl_dir() -> Path:
+    # PREFILLSHARE_BFCL_DATA: a copy of the package's data folder (machines without bfcl-eval).
+    if os.environ.get("PREFILLSHARE_BFCL_DATA"):
+        return Path(os.environ["PREFILLSHARE_BFCL_DATA"])
     import bfcl_eval  # installed with --no-deps; only data files are read
 
     return Path(bfcl_eval.__file__).parent / "data"
