@@ -158,6 +158,47 @@ class TimeoutsConfig(_Strict):
     request_s: float = Field(600, gt=0, description="The whole request (request_timeout).")
 
 
+class RateLimitConfig(_Strict):
+    """A token bucket: ``burst`` requests at once, refilled at ``requests_per_s``."""
+
+    requests_per_s: float = Field(gt=0)
+    burst: int = Field(10, ge=1)
+
+
+class ApiKeyConfig(_Strict):
+    name: str = Field(description="Names the key in logs and rate limits (never the key itself).")
+    # repr=False: a logged or printed config does not show the key.
+    key: str = Field(min_length=16, repr=False,
+                     description="Inline keys are visible to whoever reads the Serve config; "
+                     "prefer auth.keys_file (a Kubernetes Secret) or auth.keys_env.")
+    roles: list[str] | None = Field(None, description="Roles this key may use; null: all.")
+    rate_limit: RateLimitConfig | None = Field(None, description="Overrides limits.rate_limit.")
+
+
+class AuthConfig(_Strict):
+    """API keys (docs/security.md). Off by default, for the local two-command run."""
+
+    enabled: bool = False
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    keys_env: str | None = Field(
+        "PREFILLSHARE_API_KEYS",
+        description="Environment variable of the ingress holding `KEY` or `KEY:role,role` entries.")
+    keys_file: str | None = Field(
+        None, description="File of `KEY` or `KEY:role,role` entries, one a line (a mounted "
+        "Secret); re-read when it changes.")
+    reload_s: float = Field(30, gt=0, description="How often the keys file is checked for changes.")
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
+    max_messages: int = Field(
+        256, ge=1, description="Most chat messages in one request (prompt building is "
+        "superlinear in the message count).")
+    rate_limit: RateLimitConfig | None = Field(
+        None, description="Per API key (with auth off: one bucket for all clients); per ingress "
+        "replica.")
+
+
 class AppConfig(_Strict):
     """The whole application: `args:` of config.yaml."""
 
@@ -181,6 +222,24 @@ class AppConfig(_Strict):
     check_kv_compat: bool = Field(
         True, description="Compare decoder and prefill model KV layouts before serving."
     )
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @model_validator(mode="after")
+    def _auth_checks(self) -> AppConfig:
+        roles = {r.name for r in self.roles}
+        names = [k.name for k in self.auth.api_keys]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"auth.api_keys: duplicate key names {dupes}")
+        for k in self.auth.api_keys:
+            unknown = sorted(set(k.roles or ()) - roles)
+            if unknown:
+                raise ValueError(f"auth.api_keys.{k.name}.roles: unknown roles {unknown}")
+        a = self.auth
+        if a.enabled and not (a.api_keys or a.keys_env or a.keys_file):
+            raise ValueError("auth.enabled needs api_keys, keys_env or keys_file")
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> AppConfig:

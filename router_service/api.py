@@ -32,6 +32,8 @@ from router_service.completion_output import (
     stream_events,
 )
 from router_service.errors import APIError, install_error_handlers, model_not_found
+from router_service.guard import GuardMiddleware, RequestGuard, api_key_of
+from router_service.openapi_doc import install_openapi
 from router_service.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -48,6 +50,9 @@ from router_service.sampling_params import (
 )
 
 REQUEST_ID_HEADER = "x-request-id"
+# Prompt building renders every prefix of the conversation (prompt_builder), so its cost grows
+# with the square of the message count: 500 one-word messages took 1.7 s here.
+DEFAULT_MAX_MESSAGES = 256
 # Proxies (nginx, some ingress controllers) buffer responses unless told not to, which would
 # hold every token of a stream until the end.
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -74,33 +79,49 @@ class _Limits:
     max_model_len: int
     default_max_tokens: int
     vocab_size: int | None
+    max_messages: int = DEFAULT_MAX_MESSAGES
 
 
 def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer: Any,
               max_model_len: int, session_header: str = "x-session-id", *,
-              default_max_tokens: int = DEFAULT_MAX_TOKENS_CAP) -> FastAPI:
+              default_max_tokens: int = DEFAULT_MAX_TOKENS_CAP,
+              guard: RequestGuard | None = None,
+              max_messages: int = DEFAULT_MAX_MESSAGES) -> FastAPI:
     """The whole HTTP surface. ``roles`` may be ``AppConfig.roles`` or a list of RoleSpec;
     ``tokenizer`` is the BASE model's transformers tokenizer (its chat template builds every
-    role's prompt); ``max_model_len`` is the smallest context window on the serving path."""
+    role's prompt); ``max_model_len`` is the smallest context window on the serving path;
+    ``guard`` checks API keys, rate and body size (router_service.guard; None: none of it)."""
     by_name: dict[str, NamedRole] = {r.name: r for r in roles}
     if not by_name:
         raise ValueError("build_api needs at least one role")
     builder = PromptBuilder(tokenizer)
     vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
-    limits = _Limits(max_model_len, default_max_tokens, vocab)
+    limits = _Limits(max_model_len, default_max_tokens, vocab, max_messages)
     created = int(time.time())
     header = session_header.lower()
 
     app = FastAPI(title="PrefillShare", docs_url=None, redoc_url=None)
+    if guard is not None:
+        # Added before the error handlers' catch-all, so that one stays outermost.
+        app.add_middleware(GuardMiddleware, guard=guard)
     install_error_handlers(app)
+    install_openapi(app, list(by_name), auth=guard is not None and guard.auth_enabled)
 
-    def role_of(name: str | None) -> NamedRole:
+    def visible_roles(request: Request) -> list[str]:
+        key = api_key_of(request.scope)
+        return [n for n in by_name if key is None or key.may_use(n)]
+
+    def role_of(name: str | None, request: Request) -> NamedRole:
         if not name:
             raise APIError("You must provide a model parameter (an agent role name).",
                            param="model", code="missing_model")
         role = by_name.get(name)
         if role is None:
-            raise model_not_found(name, sorted(by_name))
+            raise model_not_found(name, sorted(visible_roles(request)))
+        key = api_key_of(request.scope)
+        if key is not None and not key.may_use(role.name):
+            raise APIError(f"The API key {key.name} may not use the model `{role.name}`.",
+                           status_code=403, param="model", code="model_not_allowed")
         return role
 
     def session_of(request: Request, user: str | None) -> str | None:
@@ -108,6 +129,9 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
 
     async def chat(role: NamedRole, body: ChatCompletionRequest, request: Request) -> Response:
         request.state.metrics_role = role.name  # the label router_service/metering.py uses
+        if len(body.messages) > limits.max_messages:
+            raise APIError(f"At most {limits.max_messages} messages are accepted in one request; "
+                           f"got {len(body.messages)}.", param="messages", code="too_many_messages")
         turns = [Turn(m.role, m.text()) for m in body.messages]
         # Tokenized on the event loop on purpose: a few ms at most, and a fast tokenizer
         # shared across threads fails with "Already borrowed" under concurrent use.
@@ -161,34 +185,35 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await chat(role_of(body.model), body, request)
+        return await chat(role_of(body.model, request), body, request)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await complete(role_of(body.model), body, request)
+        return await complete(role_of(body.model, request), body, request)
 
     @app.post("/roles/{role}/v1/chat/completions")
     async def role_chat_completions(role: str, body: ChatCompletionRequest,
                                     request: Request) -> Response:
         # The path names the role; a `model` in the body is whatever the client library put
         # there and is not consulted.
-        return await chat(role_of(role), body, request)
+        return await chat(role_of(role, request), body, request)
 
     @app.post("/roles/{role}/v1/completions")
     async def role_completions(role: str, body: CompletionRequest, request: Request) -> Response:
-        return await complete(role_of(role), body, request)
+        return await complete(role_of(role, request), body, request)
 
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return model_list(list(by_name))
+    async def list_models(request: Request) -> dict[str, Any]:
+        # Only the roles the caller's key may use (all of them with auth off).
+        return model_list(visible_roles(request))
 
     @app.get("/v1/models/{model}")
-    async def get_model(model: str) -> dict[str, Any]:
-        return ModelCard(id=role_of(model).name, created=created).model_dump(mode="json")
+    async def get_model(model: str, request: Request) -> dict[str, Any]:
+        return ModelCard(id=role_of(model, request).name, created=created).model_dump(mode="json")
 
     @app.get("/roles/{role}/v1/models")
-    async def list_role_models(role: str) -> dict[str, Any]:
-        return model_list([role_of(role).name])
+    async def list_role_models(role: str, request: Request) -> dict[str, Any]:
+        return model_list([role_of(role, request).name])
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Any
 from ray import serve
 
 from router_service.api import RoleSpec, build_api
+from router_service.guard import guard_from_config
 from router_service.metering import MeteredBackend, RequestMetricsMiddleware
 from router_service.metrics import IngressMetrics
 from router_service.pd_backend import PrefillShareBackend, RoleRoute, StageTimeouts
@@ -51,11 +52,16 @@ class RouterIngress:
         self.max_model_len = max_model_len
         self.prefill_handles = prefill_handles
         self.decode_handles = decode_handles
+        # Reads the API keys (config, env var, Secret file) now: a bad or missing key fails the
+        # replica at start, not at its first request.
+        self.guard = guard_from_config(self.config.auth, self.config.limits,
+                                       [r.name for r in self.roles])
 
     def __serve_build_asgi_app__(self) -> Any:
         metrics = IngressMetrics(replica=serve.get_replica_context().replica_id.unique_id)
         app = build_api(MeteredBackend(self.backend, metrics), self.roles, self.tokenizer,
-                        self.max_model_len, self.config.routing.session_header)
+                        self.max_model_len, self.config.routing.session_header,
+                        guard=self.guard, max_messages=self.config.limits.max_messages)
         app.add_middleware(RequestMetricsMiddleware, sink=metrics)
 
         @app.get("/stats")
