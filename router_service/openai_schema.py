@@ -8,15 +8,37 @@ are refused rather than silently dropped, since a client relying on them would g
 
 from __future__ import annotations
 
+import re
 from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 4
+# JSON may escape a lone UTF-16 surrogate ("\ud800"); Python then holds a str that cannot be
+# encoded as UTF-8, which the tokenizer, the routing hashes and the response encoder all choke on.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64 = 2**63
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, (list, tuple)):
+        return any(_has_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return False  # numbers, None, and nested models (checked by their own validator)
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, v: object) -> object:
+        if _has_lone_surrogate(v):
+            raise ValueError("strings must be valid Unicode (found a lone UTF-16 surrogate)")
+        return v
 
 
 class StreamOptions(_Lenient):
@@ -54,7 +76,7 @@ class _SamplingFields(_Lenient):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-_INT64, lt=_INT64)  # vLLM seeds a torch generator
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
