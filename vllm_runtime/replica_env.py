@@ -27,9 +27,20 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+# The NIXL side channel and UCX carry KV unauthenticated (docs/security.md): bound to a
+# wildcard address they would be reachable from every network the node is on.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", "*", "0", "::0"})
+
+
 def node_host() -> str:
-    """The address engines bind to: PREFILLSHARE_HOST, else VLLM_HOST_IP, else loopback."""
-    return os.environ.get("PREFILLSHARE_HOST") or os.environ.get("VLLM_HOST_IP") or "127.0.0.1"
+    """The address engines bind to: PREFILLSHARE_HOST, else VLLM_HOST_IP, else loopback;
+    never a wildcard address."""
+    host = (os.environ.get("PREFILLSHARE_HOST") or os.environ.get("VLLM_HOST_IP")
+            or "127.0.0.1").strip()
+    if host in WILDCARD_HOSTS:
+        raise ValueError(f"engines bind to the node's own address, not the wildcard {host!r}: "
+                         "set PREFILLSHARE_HOST (or VLLM_HOST_IP) to the node or pod IP")
+    return host
 
 
 def engine_environment(
@@ -39,6 +50,8 @@ def engine_environment(
     cpu_threads_bind: str,
     on_cpu: bool,
 ) -> dict[str, str]:
+    if host.strip() in WILDCARD_HOSTS:
+        raise ValueError(f"refusing to bind engines to the wildcard address {host!r}")
     env = {
         "VLLM_HOST_IP": host,
         "VLLM_NIXL_SIDE_CHANNEL_HOST": host,

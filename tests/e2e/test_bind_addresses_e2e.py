@@ -1,0 +1,54 @@
+"""A real engine (tiny model, NixlConnector) listens only on the node's own address: every TCP
+socket its replica process tree listens on is bound to PREFILLSHARE_HOST, none to a wildcard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs in a child process: EngineHost sets the replica's environment in os.environ.
+PROBE = r"""
+import json, psutil
+from deployments.config import EngineOptions
+from deployments.inprocess import tiny_engine, tiny_models
+from vllm_runtime.engine_args import EngineSpec
+from vllm_runtime.engine_host import EngineHost
+
+base, _ = tiny_models()
+opts = EngineOptions(**tiny_engine(kv_cache_space_gib=0.25))
+host = EngineHost(EngineSpec(model=base, side="producer", options=opts, prefix_caching=True,
+                             engine_id="bind-probe"))
+me = psutil.Process()
+listening = []
+for proc in [me, *me.children(recursive=True)]:
+    try:
+        conns = proc.net_connections(kind="inet")
+    except psutil.Error:
+        continue
+    listening += [[c.laddr.ip, c.laddr.port] for c in conns if c.status == psutil.CONN_LISTEN]
+print("LISTENING " + json.dumps({"listening": listening, "side_channel": host.side_channel_port}))
+host.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_real_engine_listens_only_on_the_node_address() -> None:
+    env = {**os.environ, "PREFILLSHARE_HOST": "127.0.0.1", "VLLM_HOST_IP": "127.0.0.1",
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=540)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("LISTENING ")]
+    assert lines, f"probe failed ({out.returncode}):\n{out.stderr[-3000:]}"
+    report = json.loads(lines[-1].removeprefix("LISTENING "))
+    listening = {tuple(x) for x in report["listening"]}
+    # The NIXL handshake side channel is among them, on the node address.
+    assert ("127.0.0.1", report["side_channel"]) in listening, listening
+    assert all(ip == "127.0.0.1" for ip, _ in listening), listening
