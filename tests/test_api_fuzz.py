@@ -138,3 +138,21 @@ def test_fuzzed_requests_long_run(live_api: tuple[str, dict[str, Any]],
     url, spec = live_api
     examples = int(os.environ.get("FUZZ_EXAMPLES", "300"))
     assert fuzz(url, spec, mode, examples, derandomize=False) > 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_oversized_body_gets_413_over_a_real_socket(live_api: tuple[str, dict[str, Any]],
+                                                       chunked: bool) -> None:
+    """uvicorn, not the test transport: the client reads the 413 even though the server
+    answers before taking the rest of a 2 MB body."""
+    url, _ = live_api
+    body = (b'{"model": "planner", "messages": [{"role": "user", "content": "'
+            + b"x" * 2_000_000 + b'"}]}')
+    content: Any = body
+    if chunked:
+        content = (body[i:i + 65536] for i in range(0, len(body), 65536))
+    resp = httpx.post(f"{url}/v1/chat/completions", content=content, timeout=REQUEST_TIMEOUT_S,
+                      headers={"authorization": f"Bearer {KEY}",
+                               "content-type": "application/json"})
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["code"] == "request_too_large"
