@@ -30,7 +30,8 @@ from bench.workload import Workload
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def soak_app_args(models: str, kv_cache_space_gib: float) -> dict[str, Any]:
+def soak_app_args(models: str, kv_cache_space_gib: float,
+                  request_timeout_s: float = 150) -> dict[str, Any]:
     from deployments.inprocess import tiny_engine, tiny_models
 
     if models == "tiny":
@@ -42,7 +43,10 @@ def soak_app_args(models: str, kv_cache_space_gib: float) -> dict[str, Any]:
     return {"base_model": base,
             "prefill_pools": {"shared": {"replicas": 1, "engine": engine}},
             "roles": [{"name": r, "decoder": decoder, "decode_pool": {"engine": engine}}
-                      for r in ("planner", "critic")]}
+                      for r in ("planner", "critic")],
+            # The server answers (504) before the client's timeout: a client timeout is a hang.
+            "timeouts": {"prefill_s": 60, "kv_pull_s": 60, "first_token_s": 60,
+                         "request_s": request_timeout_s}}
 
 
 def soak_workload(args: argparse.Namespace) -> Workload:
@@ -58,7 +62,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     from bench import replicas as rep
     from deployments.inprocess import APP, running_app
 
-    cfg = soak_app_args(args.models, args.kv_cache_space_gib)
+    cfg = soak_app_args(args.models, args.kv_cache_space_gib, args.request_timeout_s)
     print("[soak] starting the app (3 engines) ...", flush=True)
     with running_app(cfg) as running:
         load = _LoadThread(running.url, soak_workload(args))
@@ -108,12 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory growth is measured from the first samples after this")
     p.add_argument("--max-growth-mib", type=float, default=256,
                    help="fail if a replica process grows more than this (warm start to end)")
-    p.add_argument("--rate", type=float, default=0.2, help="session arrivals per second")
+    p.add_argument("--rate", type=float, default=0.15, help="session arrivals per second")
     p.add_argument("--concurrency", type=int, default=3, help="sessions at once")
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--context-tokens", type=int, default=300)
     p.add_argument("--output-tokens", type=int, default=24)
-    p.add_argument("--client-timeout-s", type=float, default=180)
+    p.add_argument("--request-timeout-s", type=float, default=150, help="timeouts.request_s")
+    p.add_argument("--client-timeout-s", type=float, default=180,
+                   help="a call with no answer by then counts as hung")
     p.add_argument("--kv-cache-space-gib", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -123,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.duration_min <= 0 or args.sample_s <= 0:
         print("prefillshare soak: --duration-min and --sample-s must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    if args.client_timeout_s <= args.request_timeout_s:
+        print("prefillshare soak: --client-timeout-s must exceed --request-timeout-s",
+              file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,15 +33,22 @@ def windows(calls: Sequence[CallRecord], window_s: float, total_s: float) -> lis
 def memory_growth(samples: Sequence[dict[str, Any]], skip_s: float,
                   edge: int = 3) -> dict[str, dict[str, Any]]:
     """Per replica process (actor name + pid: a replaced replica is a new process): RSS at its
-    first sample, the median of its first ``edge`` samples after ``skip_s`` (warm) and of its
-    last ``edge``, the growth between those two, and a least-squares slope in MiB/hour."""
+    first sample, the median of its first ``edge`` samples from ``skip_s`` after ITS first
+    sample (warm: a replacement's start-up is not growth) and of its last ``edge``, the growth
+    between those two, and a least-squares slope in MiB/hour. A process with fewer than two
+    warm samples gets no growth (None): too short-lived to say."""
     series: dict[str, list[tuple[float, float]]] = {}
     for s in samples:
         for name, m in s["replicas"].items():
             series.setdefault(f"{name} pid {int(m['pid'])}", []).append((s["t_s"], m["rss_mib"]))
     out = {}
     for key, points in series.items():
-        warm = [p for p in points if p[0] >= skip_s] or points
+        warm = [p for p in points if p[0] >= points[0][0] + skip_s]
+        if len(warm) < 2:
+            out[key] = {"first_mib": points[0][1], "start_mib": None, "end_mib": points[-1][1],
+                        "growth_mib": None, "slope_mib_per_h": None, "samples": len(points),
+                        "span_s": points[-1][0] - points[0][0]}
+            continue
         start = statistics.median(v for _, v in warm[:edge])
         end = statistics.median(v for _, v in warm[-edge:])
         out[key] = {"first_mib": points[0][1], "start_mib": start, "end_mib": end,
@@ -62,7 +69,7 @@ def _slope(points: Sequence[tuple[float, float]]) -> float:
 def problems(report: dict[str, Any], max_growth_mib: float) -> list[str]:
     out = []
     for name, g in report["memory"].items():
-        if g["growth_mib"] > max_growth_mib:
+        if g["growth_mib"] is not None and g["growth_mib"] > max_growth_mib:
             out.append(f"{name}: RSS grew {g['growth_mib']:.0f} MiB "
                        f"({g['start_mib']:.0f} -> {g['end_mib']:.0f}), bound {max_growth_mib:g}")
     calls = report["calls"]
@@ -132,8 +139,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "| replica process | first MiB | warm start MiB | end MiB | growth MiB | "
               "slope MiB/h |", "|---|---|---|---|---|---|"]
     for name, g in sorted(report["memory"].items()):
-        lines.append(f"| {name} | {g['first_mib']:.0f} | {g['start_mib']:.0f} | "
-                     f"{g['end_mib']:.0f} | {g['growth_mib']:+.0f} | {g['slope_mib_per_h']:+.0f} |")
+        lines.append(f"| {name} | {g['first_mib']:.0f} | {f(g['start_mib'], '.0f')} | "
+                     f"{g['end_mib']:.0f} | {f(g['growth_mib'], '+.0f')} | "
+                     f"{f(g['slope_mib_per_h'], '+.0f')} |")
     lines.append("")
     for p in report["problems"]:
         lines.append(f"- PROBLEM: {p}")

@@ -119,6 +119,19 @@ def test_memory_growth_from_the_warm_start_to_the_end():
     assert soak_problems(report, max_growth_mib=256) == []
 
 
+def test_a_replacement_process_is_measured_from_its_own_warm_start():
+    samples = _samples([2500, 2500, 2500, 2500])
+    samples += [{"t_s": 60.0 * (4 + i), "replicas": {"SERVE_REPLICA::a#decode-x#r2": {
+        "pid": 9, "rss_mib": v}}} for i, v in enumerate([200, 1500, 2500, 2500, 2520, 2530])]
+    samples.append({"t_s": 600.0, "replicas": {"SERVE_REPLICA::a#decode-x#r3": {
+        "pid": 11, "rss_mib": 300}}})
+    growth = memory_growth(samples, skip_s=120)
+    assert growth["SERVE_REPLICA::a#decode-x#r2 pid 9"]["growth_mib"] == 20
+    assert growth["SERVE_REPLICA::a#decode-x#r3 pid 11"]["growth_mib"] is None  # one sample
+    report = {"memory": growth, "calls": {"sent": 8, "client_timeouts": 0}}
+    assert soak_problems(report, max_growth_mib=256) == []
+
+
 def test_unbounded_memory_growth_fails_the_soak():
     leaky = memory_growth(_samples([1000 + 100 * i for i in range(10)]), skip_s=0)
     [g] = leaky.values()
