@@ -72,6 +72,16 @@ def test_runtime_failures_exit_1(capsys):
     assert exit_code(["status", "--address", f"http://127.0.0.1:{port}", "--token-file", ""]) == 1
 
 
+def test_deploy_to_no_cluster_exits_1(capsys):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "config.yaml"
+    port = free_port("127.0.0.1")
+    assert exit_code(["deploy", str(config), "--address", f"http://127.0.0.1:{port}",
+                      "--token-file", ""]) == 1
+    assert "serve deploy" in capsys.readouterr().out  # it got as far as calling serve
+
+
 def test_any_exception_from_a_delegated_module_is_exit_1(capsys):
     # `json` has no main(): the AttributeError stands for any bug or crash in a module.
     assert cli_delegate.run("x", cli_delegate.Delegated("json", "no main"), []) == 1
