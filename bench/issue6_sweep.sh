@@ -18,7 +18,8 @@ print(tiny_llama_folder(cache_dir() / 'bench-slim-16l', seed=5, num_layers=16, h
 COMMON=(--model "$MODEL" --roles planner,coder,tool,critic --sessions 12 --turns 4
         --initial-context-tokens 1500 --observation-tokens 300 500 --output-tokens 8
         --max-model-len 4096 --decode-kv-cache-space-gib 0.25 --max-run-s 240)
-LOADS=${LOADS:-0.05:2,0.2:6,1:12}
+LOW=${LOW:-0.05:2}
+MID=${MID:-0.2:6}
 HIGH=${HIGH:-1:12}
 
 step() {  # step NAME ARGS...: one app, one lock acquisition
@@ -38,10 +39,15 @@ step() {  # step NAME ARGS...: one app, one lock acquisition
   return 0
 }
 
-step base-small   --topologies baseline     --kv-cache-space-gib 0.125 --loads "$LOADS"
-step ps-small     --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$LOADS"
-step ps-reuse     --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$HIGH" \
-                  --decode-kv-mode reuse --label-suffix -reuse
-step base-ample   --topologies baseline     --kv-cache-space-gib 0.5   --loads "$HIGH"
-step ps-ample     --topologies prefillshare --kv-cache-space-gib 0.5   --loads "$HIGH"
+# Each step: ~6 min to start eight engines on this shared box plus <= 240 s per load point,
+# so at most two load points per lock acquisition. (The first run's base-small step asked for
+# all three and the step timeout cut its third point: base-small-high redoes it.)
+step base-small      --topologies baseline     --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
+step ps-small        --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$MID,$HIGH"
+step base-small-high --topologies baseline     --kv-cache-space-gib 0.125 --loads "$HIGH"
+step ps-reuse        --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$HIGH" \
+                     --decode-kv-mode reuse --label-suffix -reuse
+step ps-small-low    --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$LOW"
+step base-ample      --topologies baseline     --kv-cache-space-gib 0.5   --loads "$HIGH"
+step ps-ample        --topologies prefillshare --kv-cache-space-gib 0.5   --loads "$HIGH"
 echo "[sweep] all steps tried"
