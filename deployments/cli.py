@@ -240,6 +240,8 @@ GROUPS = {
         "run": Delegated("bench.run", "replay a multi-agent workload against a running app"),
         "compare": Delegated("bench.compare", "PrefillShare vs the per-model baseline, here"),
         "pd": Delegated("bench.pd_single_request", "single-request P/D timing, stage by stage"),
+        "routing": Delegated("bench.routing_policies",
+                             "prefill routing policies on real engines, one policy per run"),
     },
 }
 
