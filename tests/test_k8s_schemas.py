@@ -58,6 +58,7 @@ def variant(tmp_path_factory) -> dict[str, dict[str, Any]]:
                     "rdma_resources": {"rdma/ib": 1}, "extra_env": {"NCCL_DEBUG": "WARN"}},
         "models": {"create": False, "claim_name": "shared-models"},
         "hf_token_secret": None,
+        "api_keys_secret": "prefillshare-api-keys",
     }
     (d / "cluster.yaml").write_text(yaml.safe_dump(cluster))
     return _manifests(render_paths(d / "config.yaml", d / "cluster.yaml"))
@@ -76,6 +77,13 @@ def test_variant_manifests_are_valid(variant):
         assert validate_manifest(manifest) == [], path
     groups = variant["rayservice.yaml"]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert sorted(g["groupName"] for g in groups) == ["decode", "decode-cpu", "prefill"]
+    # The API-key Secret reaches every serving pod (the ingress may land on any), read-only.
+    for template in pod_templates(variant["rayservice.yaml"]).values():
+        [volume] = [v for v in template["spec"]["volumes"] if v["name"] == "api-keys"]
+        assert volume["secret"] == {"secretName": "prefillshare-api-keys", "defaultMode": 0o400}
+        [container] = template["spec"]["containers"]
+        assert {"name": "api-keys", "mountPath": "/etc/prefillshare", "readOnly": True} in \
+            container["volumeMounts"]
 
 
 def test_every_pod_template_is_checked_against_kubernetes(committed):

@@ -181,6 +181,10 @@ class ClusterConfig(_Strict):
     models: ModelStore = Field(default_factory=ModelStore)
     hf_token_secret: str | None = Field(
         "hf-token", description="Secret with key `token`, exposed as HF_TOKEN (optional).")
+    api_keys_secret: str | None = Field(
+        None, description="Secret with key `api-keys`, mounted read-only at /etc/prefillshare in "
+        "every serving pod (the ingress may run on any): set the app's auth.keys_file to "
+        "/etc/prefillshare/api-keys (docs/security.md).")
     training: TrainingJob = Field(default_factory=TrainingJob)
 
     @field_validator("name")

@@ -19,6 +19,7 @@ from training.config import TrainConfig
 TRAIN_CONFIG_DIR = "/etc/prefillshare/train"
 TRAIN_CONFIG_KEY = "train.yaml"
 TRAIN_GROUP = "train"
+API_KEYS_DIR = "/etc/prefillshare"  # auth.keys_file: /etc/prefillshare/api-keys
 
 
 def _metadata(cluster: ClusterConfig, name: str, component: str) -> dict[str, Any]:
@@ -40,7 +41,19 @@ def _head_group(cluster: ClusterConfig, extra_mounts: Sequence[dict[str, Any]] =
     }
 
 
-def _worker_group(cluster: ClusterConfig, plan: GroupPlan, *, engines: bool) -> dict[str, Any]:
+def _api_keys(cluster: ClusterConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mount and volume of the ingress's API-key Secret (none when not configured). Mounted as
+    a folder, not a subPath, so a rotated Secret reaches the pods without a restart."""
+    if not cluster.api_keys_secret:
+        return [], []
+    return ([{"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True}],
+            [{"name": "api-keys", "secret": {"secretName": cluster.api_keys_secret,
+                                              "defaultMode": 0o400}}])
+
+
+def _worker_group(cluster: ClusterConfig, plan: GroupPlan, *, engines: bool,
+                  extra_mounts: Sequence[dict[str, Any]] = (),
+                  extra_volumes: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     spec = plan.spec
     group: dict[str, Any] = {
         "groupName": plan.name,
@@ -56,12 +69,14 @@ def _worker_group(cluster: ClusterConfig, plan: GroupPlan, *, engines: bool) -> 
         group["idleTimeoutSeconds"] = spec.idle_timeout_s
     group["template"] = pod_template(cluster, component=f"worker-{plan.name}", shape=spec,
                                      gpus=spec.gpus, container_name="ray-worker",
-                                     ports=worker_ports(), probes=worker_probes(), engines=engines)
+                                     ports=worker_ports(), probes=worker_probes(), engines=engines,
+                                     extra_mounts=extra_mounts, extra_volumes=extra_volumes)
     return group
 
 
 def ray_service(cluster: ClusterConfig, groups: list[GroupPlan],
                 serve_config: dict[str, Any]) -> dict[str, Any]:
+    keys_mounts, keys_volumes = _api_keys(cluster)
     cluster_spec: dict[str, Any] = {
         "rayVersion": cluster.ray_version,
         # The Ray autoscaler adds worker pods when Serve's replicas wait for a pool resource.
@@ -73,8 +88,9 @@ def ray_service(cluster: ClusterConfig, groups: list[GroupPlan],
             "resources": {"requests": {"cpu": "500m", "memory": "512Mi"},
                           "limits": {"cpu": "1", "memory": "1Gi"}},
         },
-        "headGroupSpec": _head_group(cluster),
-        "workerGroupSpecs": [_worker_group(cluster, g, engines=True) for g in groups],
+        "headGroupSpec": _head_group(cluster, keys_mounts, keys_volumes),
+        "workerGroupSpecs": [_worker_group(cluster, g, engines=True, extra_mounts=keys_mounts,
+                                           extra_volumes=keys_volumes) for g in groups],
     }
     return {
         "apiVersion": "ray.io/v1",
