@@ -18,7 +18,11 @@ class EngineServer:
 
     def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0) -> None:
         self.pool = pool
-        spec = dataclasses.replace(spec, engine_id=replica_engine_id(self.kind, pool))
+        # vLLM labels its own metrics (ray_vllm_*) model_name=served_model_name: naming the
+        # deployment (prefill-<pool>, decode-<pool>) makes them per pool; NIXL's handshake
+        # hashes the model path, not this name.
+        spec = dataclasses.replace(spec, engine_id=replica_engine_id(self.kind, pool),
+                                   served_model_name=spec.served_model_name or f"{self.kind}-{pool}")
         self.metrics = EngineMetrics(pool, self.kind, spec.engine_id)
         self.engine = EngineHost(spec, core_index=core_offset + replica_rank(),
                                  on_stats=self.metrics.publish)

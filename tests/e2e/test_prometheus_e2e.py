@@ -83,3 +83,6 @@ def test_every_dashboard_query_returns_data():
             pools = {(s["metric"]["kind"], s["metric"]["pool"])
                      for s in prom.query("ray_prefillshare_kv_transfers_total")}
             assert pools == {("decode", "planner"), ("decode", "critic")}
+            # vLLM's own metrics, per pool (served_model_name is the deployment's name).
+            engines = {s["metric"]["model_name"] for s in prom.query("ray_vllm_prompt_tokens_total")}
+            assert engines == {"prefill-shared", "decode-planner", "decode-critic"}
