@@ -176,7 +176,8 @@ def test_router_index_follows_engine_events(app):
     removed_before = router.metrics.kv_event_changes["removed"]
     # vLLM publishes the events a scheduler step collects, and an idle engine takes no step:
     # one more request of the session (another prompt, so no prefix of it) drives one.
-    _pd_call(app, handle, session, [(11 * i + 5) % 500 + 10 for i in range(2 * BLOCK + 3)])
+    driver = [(11 * i + 5) % 500 + 10 for i in range(2 * BLOCK + 3)]
+    _pd_call(app, handle, session, driver)
 
     def forgotten() -> bool:
         router.apply_kv_snapshots(router.curr_replicas.values())
@@ -184,7 +185,9 @@ def test_router_index_follows_engine_events(app):
 
     assert wait_for(forgotten, timeout_s=30)
     assert router.metrics.kv_event_changes["removed"] - removed_before >= len(hashes)
-    assert _prefill_replica_stats()[target]["kv_blocks"]["num_blocks"] == 0
+    # The engine now holds the driving request's blocks and none of the cleared prompt's.
+    held = set(_prefill_replica_stats()[target]["kv_blocks"]["blocks"])
+    assert held == set(prompt_block_hashes(driver, BLOCK, PREFILL))
 
 
 def test_routing_and_engine_metrics_reach_prometheus(app):
