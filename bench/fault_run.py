@@ -39,14 +39,9 @@ PREFILL = "prefill-shared"
 
 def app_args(models: str, kv_cache_space_gib: float, max_retries: int,
              timeouts: dict[str, float]) -> dict[str, Any]:
-    from deployments.inprocess import tiny_engine, tiny_models
+    from bench.app_models import base_decoder_engine
 
-    if models == "tiny":
-        base, decoder = tiny_models()
-        engine = tiny_engine(kv_cache_space_gib=kv_cache_space_gib)
-    else:
-        base, decoder = "smollm2", None
-        engine = {"max_model_len": 2048, "kv_cache_space_gib": kv_cache_space_gib}
+    base, decoder, engine = base_decoder_engine(models, kv_cache_space_gib)
     return {
         "base_model": base,
         "prefill_pools": {"shared": {"replicas": 2, "engine": engine}},

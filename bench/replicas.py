@@ -73,16 +73,9 @@ def _process_tree_rss_mib(_actor: Any) -> dict[str, float]:
     children (vLLM's EngineCore and workers)."""
     import os
 
-    import psutil
+    from vllm_runtime.engine_host import process_tree_rss_mib
 
-    me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            pass
-    return {"pid": float(os.getpid()), "rss_mib": total / (1 << 20)}
+    return {"pid": float(os.getpid()), "rss_mib": process_tree_rss_mib()}
 
 
 def replica_memory(replicas: Iterable[Replica], timeout_s: float = 30) -> dict[str, dict[str, float]]:

@@ -32,14 +32,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def soak_app_args(models: str, kv_cache_space_gib: float,
                   request_timeout_s: float = 150) -> dict[str, Any]:
-    from deployments.inprocess import tiny_engine, tiny_models
+    from bench.app_models import base_decoder_engine
 
-    if models == "tiny":
-        base, decoder = tiny_models()
-        engine = tiny_engine(kv_cache_space_gib=kv_cache_space_gib)
-    else:
-        base, decoder = "smollm2", None
-        engine = {"max_model_len": 2048, "kv_cache_space_gib": kv_cache_space_gib}
+    base, decoder, engine = base_decoder_engine(models, kv_cache_space_gib)
     return {"base_model": base,
             "prefill_pools": {"shared": {"replicas": 1, "engine": engine}},
             "roles": [{"name": r, "decoder": decoder, "decode_pool": {"engine": engine}}

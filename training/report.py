@@ -63,12 +63,21 @@ def sweep_plot(scores: Sequence[Score], path: Path) -> Path | None:
             lo = [100 * (s.accuracy - s.ci95[0]) for _, s in pts]
             hi = [100 * (s.ci95[1] - s.accuracy) for _, s in pts]
             ax.errorbar(xs, ys, yerr=[lo, hi], fmt=style, capsize=3, label=variant)
-        ax.set_title(task)
-        ax.set_xlabel("sharing ratio r (context on base KV)")
-        ax.set_ylabel("accuracy %")
-        ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
-        ax.grid(alpha=0.3)
-        ax.legend()
+        _label_sweep_axis(ax, task, "accuracy %")
+    return _save(fig, plt, path)
+
+
+def _label_sweep_axis(ax, task: str, ylabel: str) -> None:
+    """One panel of a sharing-ratio sweep plot: r on x, the five swept ratios as ticks."""
+    ax.set_title(task)
+    ax.set_xlabel("sharing ratio r (context on base KV)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
+def _save(fig, plt, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -93,16 +102,8 @@ def nll_sweep_plot(nll_per_token: dict[str, dict[str, float]], path: Path) -> Pa
             pts = sorted((float(k.split("@")[1]), v) for k, v in rows.items() if k.split("@")[0] == variant)
             if pts:
                 ax.plot([r for r, _ in pts], [v for _, v in pts], style, label=variant)
-        ax.set_title(task)
-        ax.set_xlabel("sharing ratio r (context on base KV)")
-        ax.set_ylabel("held-out NLL, nats / response token")
-        ax.set_xticks([0, 0.25, 0.5, 0.75, 1])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _label_sweep_axis(ax, task, "held-out NLL, nats / response token")
+    return _save(fig, plt, path)
 
 
 def write_report(scores: Sequence[Score], out_dir: Path) -> None:
