@@ -5,12 +5,18 @@ Kept out of conftest.py so that these names cannot collide with other test suite
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from router_service.api import RoleSpec, build_api
@@ -94,3 +100,25 @@ async def api_client(api_backend: FakeBackend) -> Any:
 
 def chat_body(content: str = "Say hello.", **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": content}], **extra}
+
+
+@contextlib.contextmanager
+def served_on_loopback(app: FastAPI) -> Iterator[str]:
+    """Serve `app` with a real uvicorn on 127.0.0.1 (a free port) in a thread; yields its URL.
+    For tests that need real sockets (streaming clients, fuzzers, body limits)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -29,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from tests.api_fixtures import make_app
+from tests.api_fixtures import make_app, served_on_loopback
 
 from router_service.auth import KeySources, make_key
 from router_service.fake_backend import FakeBackend
@@ -47,22 +43,8 @@ def live_api() -> Iterator[tuple[str, dict[str, Any]]]:
     guard = RequestGuard(KeySources((make_key("fuzz", KEY),)), max_body_bytes=MAX_BODY_BYTES)
     app, _ = make_app(FakeBackend(), guard=guard)
     spec = app.openapi()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", spec
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with served_on_loopback(app) as url:
+        yield url, spec
 
 
 # The response must match the spec: status code, media type and body schema, 5xx never.

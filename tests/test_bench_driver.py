@@ -5,14 +5,10 @@ meaningless there), plus the metrics math on hand-made data."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from bench.driver import check_loopback, drive
 from bench.metrics import (
@@ -27,7 +23,7 @@ from bench.run import bookkeeping_problems, main, smoke_workload
 from bench.workload import Workload, arrival_times, session_steps
 from router_service.api import RoleSpec
 from router_service.fake_backend import FakeBackend
-from tests.api_fixtures import make_app
+from tests.api_fixtures import make_app, served_on_loopback
 
 ROLES = [RoleSpec("planner", "You are the planner."), RoleSpec("coder", "You write code."),
          RoleSpec("tool_caller", None), RoleSpec("critic", "You criticize.")]
@@ -39,22 +35,8 @@ def server_url() -> Iterator[str]:
     # A small per-token delay so TTFT and e2e latency are distinct and non-zero.
     backend = FakeBackend(delay_s=0.002, block_size=BLOCK)
     app, _ = make_app(backend, roles=ROLES, max_model_len=8192)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with served_on_loopback(app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("pattern", ["react", "reflexion"])
