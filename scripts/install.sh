@@ -38,11 +38,13 @@ if ! command -v prometheus >/dev/null && [ ! -x "$VENV/prometheus/usr/bin/promet
     echo "[install] installing Debian's prometheus package (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends prometheus >/dev/null \
-      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
+      || echo "[install] warning: apt-get could not install prometheus; the dashboard test will fail" >&2
   elif command -v apt-get >/dev/null; then
     echo "[install] unpacking Debian's prometheus .deb into $VENV/prometheus (no root)"
     tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download -q prometheus >/dev/null) && dpkg-deb -x "$tmp"/prometheus_*.deb "$VENV/prometheus"
+    (cd "$tmp" && apt-get download -q prometheus >/dev/null) && dpkg-deb -x "$tmp"/prometheus_*.deb "$VENV/prometheus" \
+      || echo "[install] warning: could not fetch the prometheus .deb; the dashboard test will fail" >&2
     rm -rf "$tmp"
   else
     echo "[install] warning: no prometheus and no apt-get; the dashboard test needs one (docs/operations.md)" >&2
