@@ -61,6 +61,19 @@ def by_deployment(replicas: Iterable[Replica]) -> dict[str, list[str]]:
     return out
 
 
+def routing_stats(app: str, deployment: str, timeout_s: float = 60) -> dict[str, dict[str, Any]]:
+    """replica id -> the stats each live replica of `deployment` reports to the request router
+    (the Serve replica actor's record_routing_stats: its engine's own counters)."""
+    import ray
+
+    out = {}
+    for r in live_replicas(app):
+        if r.deployment == deployment:
+            actor = ray.get_actor(r.actor_name, namespace="serve")
+            out[r.replica_id] = ray.get(actor.record_routing_stats.remote(), timeout=timeout_s)
+    return out
+
+
 def kill(replica: Replica) -> None:
     """Kill the replica's actor (no restart: Serve itself must notice and replace it)."""
     import ray

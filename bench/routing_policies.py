@@ -60,19 +60,11 @@ def workloads(heavy_sessions: int, heavy_turns: int, light_sessions: int,
 
 
 def replica_counters(deployment: str) -> dict[str, dict[str, Any]]:
-    """Each prefill replica's routing stats (the user record_routing_stats, through the Serve
-    replica actor's method of that name): its engine's own prefix-cache counters."""
-    import ray
-
+    """Each prefill replica's routing stats: its engine's own prefix-cache counters."""
+    from bench.replicas import routing_stats
     from deployments.inprocess import APP
 
-    out = {}
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        name = entry["name"]
-        if name.startswith(f"SERVE_REPLICA::{APP}#{deployment}#"):
-            actor = ray.get_actor(name, namespace=entry["namespace"])
-            out[name.rsplit("#", 1)[1]] = ray.get(actor.record_routing_stats.remote(), timeout=60)
-    return out
+    return routing_stats(APP, deployment)
 
 
 def spread(values: list[float]) -> dict[str, float | None]:

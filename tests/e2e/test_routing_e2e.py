@@ -37,14 +37,9 @@ def app():
 
 def _prefill_replicas() -> dict[str, str]:
     """unique replica id -> actor name, for the live prefill replicas."""
-    import ray
+    from bench.replicas import live_replicas
 
-    out = {}
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        name = entry["name"]
-        if name.startswith(f"SERVE_REPLICA::{APP}#prefill-shared#"):
-            out[name.rsplit("#", 1)[1]] = name
-    return out
+    return {r.replica_id: r.actor_name for r in live_replicas(APP) if r.deployment == "prefill-shared"}
 
 
 def _call(app, role: str, messages: list[dict], session: str) -> tuple[str, int, int]:

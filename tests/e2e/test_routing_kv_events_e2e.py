@@ -45,17 +45,10 @@ def app():
 
 def _prefill_replica_stats() -> dict[str, dict]:
     """unique replica id -> that prefill replica's routing stats (Serve replica actor method)."""
-    import ray
-
+    from bench.replicas import routing_stats
     from deployments.inprocess import APP
 
-    out = {}
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        name = entry["name"]
-        if name.startswith(f"SERVE_REPLICA::{APP}#{PREFILL}#"):
-            actor = ray.get_actor(name, namespace=entry["namespace"])
-            out[name.rsplit("#", 1)[1]] = ray.get(actor.record_routing_stats.remote(), timeout=30)
-    return out
+    return routing_stats(APP, PREFILL, timeout_s=30)
 
 
 def _sent_by_worker(app) -> dict[tuple[str, str], float]:
