@@ -81,33 +81,46 @@ def kill(replica: Replica) -> None:
     ray.kill(ray.get_actor(replica.actor_name, namespace="serve"), no_restart=True)
 
 
-def _process_tree_rss_mib(_actor: Any) -> dict[str, float]:
-    """Runs inside the replica actor (via __ray_call__): its pid and the RSS of it and its
-    children (vLLM's EngineCore and workers)."""
+def _process_tree_rss(_actor: Any) -> dict[str, Any]:
+    """Runs inside the replica actor (via __ray_call__): its pid, the RSS of it and its
+    children (vLLM's EngineCore and workers), and that RSS by process kind."""
     import os
 
-    from vllm_runtime.engine_host import process_tree_rss_mib
+    from vllm_runtime.engine_host import process_tree_rss_parts
 
-    return {"pid": float(os.getpid()), "rss_mib": process_tree_rss_mib()}
+    parts = process_tree_rss_parts()
+    return {"pid": float(os.getpid()), "rss_mib": sum(parts.values()), "parts": parts}
 
 
-def replica_memory(replicas: Iterable[Replica], timeout_s: float = 30) -> dict[str, dict[str, float]]:
-    """actor name -> {pid, rss_mib}; replicas that do not answer are left out."""
+def replica_memory(replicas: Iterable[Replica], timeout_s: float = 30) -> dict[str, dict[str, Any]]:
+    """actor name -> {pid, rss_mib, parts, served}; replicas that do not answer are left out.
+    ``served`` is an engine replica's finished request count (None for other replicas, or
+    while its engine is still starting): a memory clock should start when a replica serves,
+    not while its engine loads."""
     import ray
 
-    refs = {}
+    refs, served_refs = {}, {}
     for r in replicas:
         try:
             actor = ray.get_actor(r.actor_name, namespace="serve")
         except ValueError:
             continue
-        refs[r.actor_name] = actor.__ray_call__.remote(_process_tree_rss_mib)
+        refs[r.actor_name] = actor.__ray_call__.remote(_process_tree_rss)
+        if r.is_engine:
+            served_refs[r.actor_name] = actor.record_routing_stats.remote()
     out = {}
     for name, ref in refs.items():
         try:
             out[name] = ray.get(ref, timeout=timeout_s)
         except Exception:  # died in between, or too busy to answer in time
-            pass
+            continue
+        out[name]["served"] = None
+        if name in served_refs:
+            try:
+                stats = ray.get(served_refs[name], timeout=timeout_s)
+                out[name]["served"] = int(stats.get("requests_finished", 0))
+            except Exception:  # still constructing its engine: not serving yet
+                out[name]["served"] = 0
     return out
 
 

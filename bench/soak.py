@@ -8,7 +8,8 @@ Starts the app in this process on 127.0.0.1 (deployments/inprocess.py): one shar
 replica and roles ``planner`` and ``critic`` with one decode replica each. bench.driver runs
 sessions for ``--duration-min``; every ``--sample-s`` this process reads the RSS of each
 replica process (replica actor + vLLM's EngineCore and workers, by pid, via psutil inside the
-actor). Afterwards it groups calls into windows (requests, errors, p95 latency and TTFT) and
+actor; also split by process kind) and whether it has served yet (its engine's finished
+request count): a process's memory clock starts when it first served. Afterwards it groups calls into windows (requests, errors, p95 latency and TTFT) and
 writes soak.json, soak.png (p95 and memory over time) and soak.md.
 Exit codes: 0 ok, 1 memory grew beyond --max-growth-mib (or calls hung), 2 bad usage.
 """
@@ -71,8 +72,11 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                 mem = rep.replica_memory(rep.live_replicas(APP))
                 samples.append({"t_s": t, "replicas": mem})
                 total = sum(m["rss_mib"] for m in mem.values())
+                kinds = {k: sum(m["parts"].get(k, 0.0) for m in mem.values())
+                         for k in ("replica", "engine_core", "worker")}
                 print(f"[soak {t / 60:5.1f} min] RSS of {len(mem)} replica processes: "
-                      f"{total:.0f} MiB", flush=True)
+                      f"{total:.0f} MiB (" + ", ".join(f"{k} {v:.0f}" for k, v in kinds.items())
+                      + ")", flush=True)
                 next_at += args.sample_s
             time.sleep(0.5)
         samples.append({"t_s": time.monotonic() - t0,
@@ -104,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-s", type=float, default=60,
                    help="memory sample period and report window")
     p.add_argument("--warmup-s", type=float, default=120,
-                   help="memory growth is measured from the first samples after this")
+                   help="a process's memory growth is measured from its first samples this "
+                        "long after it first served a request")
     p.add_argument("--max-growth-mib", type=float, default=256,
                    help="fail if a replica process grows more than this (warm start to end)")
     p.add_argument("--rate", type=float, default=0.15, help="session arrivals per second")

@@ -33,28 +33,43 @@ def windows(calls: Sequence[CallRecord], window_s: float, total_s: float) -> lis
 def memory_growth(samples: Sequence[dict[str, Any]], skip_s: float,
                   edge: int = 3) -> dict[str, dict[str, Any]]:
     """Per replica process (actor name + pid: a replaced replica is a new process): RSS at its
-    first sample, the median of its first ``edge`` samples from ``skip_s`` after ITS first
-    sample (warm: a replacement's start-up is not growth) and of its last ``edge``, the growth
-    between those two, and a least-squares slope in MiB/hour. A process with fewer than two
-    warm samples gets no growth (None): too short-lived to say."""
-    series: dict[str, list[tuple[float, float]]] = {}
+    first sample, the median of its first ``edge`` warm samples and of its last ``edge``, the
+    growth between those two (in all and by process kind where the samples say), and a
+    least-squares slope in MiB/hour. Its memory clock starts when it first served (a sample
+    with ``served`` > 0; samples without that field count as serving), plus ``skip_s``: an
+    engine's start-up and first requests are not growth, and a replacement replica gets its
+    own clock. A process with fewer than two warm samples gets no growth (None)."""
+    series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
     for s in samples:
         for name, m in s["replicas"].items():
-            series.setdefault(f"{name} pid {int(m['pid'])}", []).append((s["t_s"], m["rss_mib"]))
+            series.setdefault(f"{name} pid {int(m['pid'])}", []).append((s["t_s"], m))
     out = {}
     for key, points in series.items():
-        warm = [p for p in points if p[0] >= points[0][0] + skip_s]
-        if len(warm) < 2:
-            out[key] = {"first_mib": points[0][1], "start_mib": None, "end_mib": points[-1][1],
-                        "growth_mib": None, "slope_mib_per_h": None, "samples": len(points),
-                        "span_s": points[-1][0] - points[0][0]}
-            continue
-        start = statistics.median(v for _, v in warm[:edge])
-        end = statistics.median(v for _, v in warm[-edge:])
-        out[key] = {"first_mib": points[0][1], "start_mib": start, "end_mib": end,
-                    "growth_mib": end - start, "slope_mib_per_h": _slope(warm) * 3600,
-                    "samples": len(points), "span_s": warm[-1][0] - warm[0][0]}
+        serving = [t for t, m in points if m.get("served") is None or m["served"] > 0]
+        warm = [(t, m) for t, m in points if serving and t >= serving[0] + skip_s]
+        row: dict[str, Any] = {"first_mib": points[0][1]["rss_mib"], "start_mib": None,
+                               "end_mib": points[-1][1]["rss_mib"], "growth_mib": None,
+                               "slope_mib_per_h": None, "growth_by_part_mib": {},
+                               "serving_from_s": serving[0] if serving else None,
+                               "samples": len(points), "span_s": points[-1][0] - points[0][0]}
+        if len(warm) >= 2:
+            row["start_mib"] = _median_of(warm[:edge], "rss_mib")
+            row["end_mib"] = _median_of(warm[-edge:], "rss_mib")
+            row["growth_mib"] = row["end_mib"] - row["start_mib"]
+            row["slope_mib_per_h"] = _slope([(t, m["rss_mib"]) for t, m in warm]) * 3600
+            row["span_s"] = warm[-1][0] - warm[0][0]
+            parts = set().union(*(m.get("parts", {}) for _, m in warm))
+            row["growth_by_part_mib"] = {
+                part: _median_of(warm[-edge:], "parts", part) - _median_of(warm[:edge], "parts", part)
+                for part in sorted(parts)}
+        out[key] = row
     return out
+
+
+def _median_of(points: Sequence[tuple[float, dict[str, Any]]], field: str,
+               part: str | None = None) -> float:
+    values = [m[field] if part is None else m.get(field, {}).get(part, 0.0) for _, m in points]
+    return statistics.median(values)
 
 
 def _slope(points: Sequence[tuple[float, float]]) -> float:
@@ -128,7 +143,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- calls: sent {calls['sent']}, completed {calls['completed']}, failed "
         f"{calls['failed']} {calls['failed_by_outcome'] or ''}",
         f"- memory bound: growth <= {report['max_growth_mib']:g} MiB per replica process "
-        f"(warm start = after {report['warmup_s']:g} s)",
+        f"(warm start = {report['warmup_s']:g} s after a process first served)",
         "",
         "| window (min) | requests | errors | p95 latency s | p95 TTFT s |",
         "|---|---|---|---|---|",
@@ -136,11 +151,16 @@ def markdown(report: dict[str, Any]) -> str:
     for w in report["windows"]:
         lines.append(f"| {w['t_start_s'] / 60:.1f}-{w['t_end_s'] / 60:.1f} | {w['requests']} | "
                      f"{w['errors']} | {f(w['p95_e2e_s'])} | {f(w['p95_ttft_s'])} |")
-    lines += ["", "| replica process | first MiB | warm start MiB | end MiB | growth MiB | "
-              "slope MiB/h |", "|---|---|---|---|---|---|"]
+    lines += ["", "| replica process | serving from (min) | first MiB | warm start MiB | "
+              "end MiB | growth MiB | growth by process MiB | slope MiB/h |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, g in sorted(report["memory"].items()):
-        lines.append(f"| {name} | {g['first_mib']:.0f} | {f(g['start_mib'], '.0f')} | "
-                     f"{g['end_mib']:.0f} | {f(g['growth_mib'], '+.0f')} | "
+        by_part = ", ".join(f"{part} {v:+.0f}" for part, v in g.get("growth_by_part_mib", {}).items()
+                            if part != "other" or v) or "-"
+        serving = g.get("serving_from_s")
+        lines.append(f"| {name} | {f(None if serving is None else serving / 60, '.1f')} | "
+                     f"{g['first_mib']:.0f} | {f(g['start_mib'], '.0f')} | "
+                     f"{g['end_mib']:.0f} | {f(g['growth_mib'], '+.0f')} | {by_part} | "
                      f"{f(g['slope_mib_per_h'], '+.0f')} |")
     lines.append("")
     for p in report["problems"]:

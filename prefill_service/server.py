@@ -49,8 +49,7 @@ class PrefillServer(EngineServer):
         stats = super().record_routing_stats()
         # Cumulative engine counters: per-replica hit ratio and load spread in bench and tests.
         c = self.engine.counters
-        stats.update(prefix_queries=c.prefix_queries, prefix_hits=c.prefix_hits,
-                     requests_finished=self.engine.requests_finished)
+        stats.update(prefix_queries=c.prefix_queries, prefix_hits=c.prefix_hits)
         if self.kv_feed is not None:
             stats["kv_blocks"] = self.kv_feed.state.snapshot()
         return stats

@@ -132,6 +132,31 @@ def test_a_replacement_process_is_measured_from_its_own_warm_start():
     assert soak_problems(report, max_growth_mib=256) == []
 
 
+def test_memory_clock_starts_when_a_process_first_served():
+    # An engine replica still loading (served 0) for two samples, then serving and growing
+    # its worker (KV pages, first forward passes) before it settles.
+    rows = [(0, 900, 0), (0, 1800, 0), (3, 2500, 200), (9, 2550, 250), (20, 2560, 250),
+            (31, 2561, 251), (40, 2562, 252), (52, 2563, 252)]
+    samples = [{"t_s": 60.0 * i, "replicas": {"SERVE_REPLICA::a#prefill-x#r": {
+        "pid": 5, "rss_mib": 300 + w + c, "served": served,
+        "parts": {"replica": 300, "engine_core": c, "worker": w}}}}
+        for i, (served, w, c) in enumerate(rows)]
+    [g] = memory_growth(samples, skip_s=60).values()
+    assert g["serving_from_s"] == 120
+    # Warm from t=180 (served at 120, + 60 s): medians of 3100/3110/3112 and 3112/3114/3115;
+    # the load-time jump 1200 -> 3000 is not growth.
+    assert g["first_mib"] == 1200
+    assert g["start_mib"] == 3110 and g["end_mib"] == 3114 and g["growth_mib"] == 4
+    assert g["growth_by_part_mib"] == {"engine_core": 2, "replica": 0, "worker": 2}
+
+
+def test_a_process_that_never_served_gets_no_growth():
+    samples = [{"t_s": 60.0 * i, "replicas": {"SERVE_REPLICA::a#decode-x#r": {
+        "pid": 5, "rss_mib": 1000 + 100 * i, "served": 0}}} for i in range(6)]
+    [g] = memory_growth(samples, skip_s=0).values()
+    assert g["serving_from_s"] is None and g["growth_mib"] is None
+
+
 def test_unbounded_memory_growth_fails_the_soak():
     leaky = memory_growth(_samples([1000 + 100 * i for i in range(10)]), skip_s=0)
     [g] = leaky.values()

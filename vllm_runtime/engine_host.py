@@ -119,13 +119,25 @@ class EngineHost:
 
 def process_tree_rss_mib() -> float:
     """This replica's memory: its own RSS plus vLLM's EngineCore and worker processes."""
+    return sum(process_tree_rss_parts().values())
+
+
+def process_tree_rss_parts() -> dict[str, float]:
+    """RSS in MiB of this replica process and its children by kind: ``replica`` (this
+    process: Serve, the AsyncLLM front), ``engine_core`` (vLLM's scheduler process),
+    ``worker`` (the model runner: weights, KV cache) and ``other``. Telling them apart is what
+    says whose memory grows in a soak. vLLM names its processes VLLM::EngineCore and
+    VLLM::Worker (the kernel truncates names to 15 characters)."""
     import psutil
 
     me = psutil.Process()
-    total = me.memory_info().rss
+    parts = {"replica": me.memory_info().rss / (1 << 20), "engine_core": 0.0, "worker": 0.0,
+             "other": 0.0}
     for child in me.children(recursive=True):
         try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / (1 << 20)
+            name, rss = child.name(), child.memory_info().rss / (1 << 20)
+        except psutil.Error:  # exited between the listing and the read
+            continue
+        kind = "engine_core" if "EngineCor" in name else "worker" if "Worker" in name else "other"
+        parts[kind] += rss
+    return parts

@@ -41,7 +41,8 @@ class EngineServer:
         """Published to the request router every request_routing_stats_period_s."""
         c = self.engine.counters
         return {"inflight": self.inflight, "kv_cache_usage": c.kv_cache_usage,
-                "waiting": c.waiting, "prefix_hit_ratio": c.prefix_hit_ratio}
+                "waiting": c.waiting, "prefix_hit_ratio": c.prefix_hit_ratio,
+                "requests_finished": self.engine.requests_finished}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
