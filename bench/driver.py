@@ -64,10 +64,11 @@ def check_loopback(url: str, allow_remote: bool = False) -> None:
 async def drive(url: str, workload: Workload, *, stats_url: str | None = None,
                 allow_remote: bool = False, progress: TextIO | None = sys.stderr,
                 progress_s: float = 5.0, stats_interval_s: float = 1.0,
-                run_tag: str | None = None) -> RunResult:
+                run_tag: str | None = None, api_key: str | None = None) -> RunResult:
     """Run ``workload`` against ``url`` (e.g. http://127.0.0.1:8000) and return every call.
     ``run_tag`` goes into every session id and context (default: random, so that a rerun
-    finds nothing of this run in the prefix caches)."""
+    finds nothing of this run in the prefix caches). ``api_key`` is sent as a bearer token
+    on every request (an app with ``auth.enabled``)."""
     check_loopback(url, allow_remote)
     if stats_url is not None:
         check_loopback(stats_url, allow_remote)
@@ -76,8 +77,9 @@ async def drive(url: str, workload: Workload, *, stats_url: str | None = None,
                           max_keepalive_connections=workload.max_concurrent_sessions + 2)
     timeout = httpx.Timeout(workload.request_timeout_s, connect=10.0)
     # trust_env=False: an HTTP(S)_PROXY in the environment must not reroute loopback traffic.
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits,
-                                 trust_env=False) as client:
+                                 headers=headers, trust_env=False) as client:
         workload = workload.with_roles(await served_roles(client))
         run = _Run(client, workload, url, stats_url, progress, progress_s, stats_interval_s,
                    run_tag or secrets.token_hex(3))

@@ -8,7 +8,8 @@
 as JSON and prints a markdown summary. ``smoke`` replays a tiny fixed workload (two sessions,
 a few seconds) and exits non-zero if the bookkeeping does not add up; the fast test runs it
 against the API on a fake backend. Topology sweeps build on ``bench.driver.drive`` and
-``bench.metrics.summarize``.
+``bench.metrics.summarize``. Against an app with ``auth.enabled``, put a key in the
+environment variable PREFILLSHARE_API_KEY: it is sent as a bearer token.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ from bench.driver import drive
 from bench.metrics import DEFAULT_BLOCK_SIZE, summarize
 from bench.records import RunResult
 from bench.workload import Workload
+
+
+API_KEY_ENV = "PREFILLSHARE_API_KEY"
 
 
 def smoke_workload(pattern: str = "reflexion") -> Workload:
@@ -114,8 +119,10 @@ def _workload_from_args(args: argparse.Namespace) -> Workload:
 
 def _run(args: argparse.Namespace, workload: Workload) -> tuple[RunResult, dict[str, Any]]:
     stats_url = None if args.no_stats else (args.stats_url or f"{args.url.rstrip('/')}/stats")
+    # The key comes from the environment, not a flag: command lines show up in `ps`.
     result = asyncio.run(drive(args.url, workload, stats_url=stats_url,
-                               allow_remote=args.allow_remote))
+                               allow_remote=args.allow_remote,
+                               api_key=os.environ.get(API_KEY_ENV) or None))
     summary = summarize(result, block_size=args.block_size)
     if args.out:
         out = Path(args.out)

@@ -102,6 +102,27 @@ def test_smoke_cli(server_url: str, tmp_path: Any, capsys: pytest.CaptureFixture
     assert out.exists()
 
 
+def test_smoke_cli_sends_the_api_key_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from router_service.auth import KeySources, make_key
+    from router_service.guard import RequestGuard
+
+    key = "sk-bench-0123456789abcdef"
+    guard = RequestGuard(KeySources((make_key("bench", key),)),
+                         known_roles=frozenset(r.name for r in ROLES))
+    app, _ = make_app(FakeBackend(block_size=BLOCK), roles=ROLES, max_model_len=8192,
+                      guard=guard)
+    with served_on_loopback(app) as url:
+        monkeypatch.delenv("PREFILLSHARE_API_KEY", raising=False)
+        with pytest.raises(Exception, match="401"):  # /v1/models refuses a keyless client
+            main(["smoke", "--url", url, "--block-size", str(BLOCK), "--no-stats"])
+        monkeypatch.setenv("PREFILLSHARE_API_KEY", key)
+        code = main(["smoke", "--url", url, "--block-size", str(BLOCK), "--no-stats"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert key not in err
+
+
 def test_max_run_s_cancels_and_records(server_url: str) -> None:
     # Calls take far longer than the run may: everything in flight is cancelled and counted.
     workload = Workload(turns=3, initial_context_tokens=50, output_tokens=4000,
