@@ -229,7 +229,10 @@ def guard_from_config(auth: AuthConfig, limits: LimitsConfig,
         sources = KeySources(configured, auth.keys_env,
                              Path(auth.keys_file) if auth.keys_file else None)
     limiter = None
-    if limits.rate_limit is not None:
-        limiter = RateLimiter(limits.rate_limit.requests_per_s, limits.rate_limit.burst)
+    default = limits.rate_limit
+    # A key's own limit holds even without a default one (then other keys are unlimited).
+    if default is not None or (auth.enabled and any(k.rate_limit for k in auth.api_keys)):
+        limiter = (RateLimiter(default.requests_per_s, default.burst) if default is not None
+                   else RateLimiter(None))
     return RequestGuard(sources, limiter, limits.max_body_bytes, frozenset(known_roles),
                         reload_s=auth.reload_s)

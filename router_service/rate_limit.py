@@ -37,10 +37,12 @@ class TokenBucket:
 
 class RateLimiter:
     """Buckets by key name; the set of names is bounded by the configured keys (or is the one
-    name "anonymous" when auth is off, which makes the limit global)."""
+    name "anonymous" when auth is off, which makes the limit global). ``rate_per_s`` None: no
+    default limit, only keys with their own limit are limited."""
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        TokenBucket.full(rate_per_s, burst, 0.0)  # validates
+    def __init__(self, rate_per_s: float | None, burst: int = 10) -> None:
+        if rate_per_s is not None:
+            TokenBucket.full(rate_per_s, burst, 0.0)  # validates
         self.rate_per_s = rate_per_s
         self.burst = burst
         self._buckets: dict[str, TokenBucket] = {}
@@ -49,6 +51,8 @@ class RateLimiter:
              burst: int | None = None) -> float:
         """0.0 when the request may go, else the seconds to wait (per-key overrides apply)."""
         rate = rate_per_s or self.rate_per_s
+        if rate is None:
+            return 0.0
         size = burst or self.burst
         bucket = self._buckets.get(name)
         if bucket is None or (bucket.rate_per_s, bucket.burst) != (rate, size):

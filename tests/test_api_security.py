@@ -207,6 +207,25 @@ def test_guard_from_config_reads_env_and_inline_keys(monkeypatch: pytest.MonkeyP
     assert guard.max_body_bytes == 4096 and guard.limiter is not None
 
 
+async def test_a_keys_own_rate_limit_holds_without_a_default_limit() -> None:
+    # Found by tests/e2e/test_security_e2e.py: a per-key limit was ignored unless
+    # limits.rate_limit was set too.
+    cfg = AppConfig.model_validate({
+        "roles": [{"name": "planner"}],
+        "auth": {"enabled": True, "keys_env": None, "api_keys": [
+            {"name": "slow", "key": PLANNER_ONLY, "rate_limit": {"requests_per_s": 0.01,
+                                                                "burst": 1}},
+            {"name": "free", "key": ADMIN}]}})
+    assert cfg.limits.rate_limit is None
+    async for client in client_for(guard_from_config(cfg.auth, cfg.limits, ["planner"])):
+        async def ask(key: str) -> int:
+            return (await client.post("/v1/chat/completions", json=chat_body(model="planner"),
+                                      headers=bearer(key))).status_code
+
+        assert [await ask(PLANNER_ONLY) for _ in range(2)] == [200, 429]
+        assert [await ask(ADMIN) for _ in range(5)] == [200] * 5  # no limit of its own
+
+
 @pytest.mark.parametrize(("auth", "expected"), [
     ({"enabled": True, "keys_env": None}, "needs api_keys"),
     ({"api_keys": [{"name": "a", "key": ADMIN, "roles": ["wizard"]}]}, "unknown roles"),
