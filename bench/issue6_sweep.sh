@@ -31,7 +31,7 @@ step() {  # step NAME ARGS...: one app, one lock acquisition
     avail=$(free -g | awk "/^Mem:/ {print \$7}")
     echo "[sweep] '"$name"': lock held $(date -u +%T), ${avail} GiB available"
     if [ "$avail" -lt 20 ]; then echo "[sweep] '"$name"': under 20 GiB free, skipped"; exit 3; fi
-    timeout 1000 "$0" "$@"' "$PY" -m bench.compare "${COMMON[@]}" --out-dir "$OUT/$name" "$@" \
+    timeout '"${STEP_TIMEOUT:-1000}"' "$0" "$@"' "$PY" -m bench.compare "${COMMON[@]}" --out-dir "$OUT/$name" "$@" \
     > "$OUT/$name/log.txt" 2>&1
   local rc=$?
   echo "[sweep] $name: rc $rc ($(date -u +%T))"
@@ -39,15 +39,19 @@ step() {  # step NAME ARGS...: one app, one lock acquisition
   return 0
 }
 
-# Each step: ~6 min to start eight engines on this shared box plus <= 240 s per load point,
-# so at most two load points per lock acquisition. (The first run's base-small step asked for
-# all three and the step timeout cut its third point: base-small-high redoes it.)
-step base-small      --topologies baseline     --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
-step ps-small        --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$MID,$HIGH"
-step base-small-high --topologies baseline     --kv-cache-space-gib 0.125 --loads "$HIGH"
-step ps-reuse        --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$HIGH" \
-                     --decode-kv-mode reuse --label-suffix -reuse
-step ps-small-low    --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$LOW"
-step base-ample      --topologies baseline     --kv-cache-space-gib 0.5   --loads "$HIGH"
-step ps-ample        --topologies prefillshare --kv-cache-space-gib 0.5   --loads "$HIGH"
+# Each step: 3-6 min to start eight engines plus the load points. Capped steps stop each
+# point at 240 s (COMMON); the capacity steps run every session to the end (no cap that
+# could trim the tail), with a longer per-call timeout.
+UNCAPPED=(--max-run-s 1500 --request-timeout-s 900)
+step base-small --topologies baseline     --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
+step ps-small   --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
+step ps-reuse   --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$MID" \
+                --decode-kv-mode reuse --label-suffix -reuse
+# KV capacity: 0.25 GiB = 128 blocks per prefill engine. Twelve sessions' contexts (~26
+# blocks each at the end) overflow every per-role cache of the baseline (312 blocks needed
+# per role), while the shared pool needs ~78 per replica.
+STEP_TIMEOUT=2100 step base-cap --topologies baseline --kv-cache-space-gib 0.25 \
+                --loads "$HIGH" "${UNCAPPED[@]}"
+STEP_TIMEOUT=2100 step ps-cap --topologies prefillshare --kv-cache-space-gib 0.25 \
+                --loads "$HIGH" "${UNCAPPED[@]}"
 echo "[sweep] all steps tried"
