@@ -46,7 +46,7 @@ UNCAPPED=(--max-run-s 1500 --request-timeout-s 900)
 step base-small --topologies baseline     --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
 step ps-small   --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
 step ps-reuse   --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$MID" \
-                --decode-kv-mode reuse --label-suffix -reuse
+                --decode-kv-mode reuse --label-suffix=-reuse
 # KV capacity: 0.25 GiB = 128 blocks per prefill engine. Twelve sessions' contexts (~26
 # blocks each at the end) overflow every per-role cache of the baseline (312 blocks needed
 # per role), while the shared pool needs ~78 per replica.

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from deployments.model_assets import cache_dir, tiny_llama_folder
+from deployments.ray_local import init_local_ray, keep_ray_on_loopback
 from vllm_runtime.replica_env import free_port
 
 APP = "ps-e2e"
@@ -81,15 +79,11 @@ def running_app(app_args: dict[str, Any], ray_address: str | None = None) -> Ite
 
     from deployments.app import build_app
 
-    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     if ray_address is not None:
+        keep_ray_on_loopback()
         ray.init(address=ray_address, logging_level="WARNING")
     else:
-        temp = Path(tempfile.mkdtemp(prefix="ps-e2e-ray-", dir="/tmp"))
-        # _node_ip_address: otherwise Ray advertises the box's non-loopback address.
-        ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), num_cpus=2,
-                 logging_level="WARNING", _node_ip_address="127.0.0.1")
+        init_local_ray()
     port = free_port("127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -26,11 +26,14 @@ torch.set_num_threads(1)  # the box is shared
 def local_ray():
     import ray
 
+    from deployments.ray_local import keep_ray_on_loopback
+
     # Short path: Ray's unix sockets live under the temp dir (~107-char limit).
     temp = tempfile.mkdtemp(prefix="psr", dir="/tmp")
     repo = str(Path(__file__).resolve().parents[1])
+    keep_ray_on_loopback()
     ray.init(address="local", include_dashboard=False, _temp_dir=temp, num_cpus=2,
-             runtime_env={"env_vars": {"PYTHONPATH": repo}})
+             _node_ip_address="127.0.0.1", runtime_env={"env_vars": {"PYTHONPATH": repo}})
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -85,12 +85,20 @@ def run_training(cfg: TrainConfig, ray_temp_dir: str | None = None, max_failures
 
     cfg = cfg.model_copy(update={"output_dir": cfg.output_dir.resolve(), "storage_dir": cfg.storage_dir.resolve()})
     if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS", "local")
+        local = {}
+        if address == "local":  # a Ray of our own: loopback only (deployments/ray_local.py)
+            from deployments.ray_local import keep_ray_on_loopback
+
+            keep_ray_on_loopback()
+            local = {"_node_ip_address": "127.0.0.1"}
         ray.init(
-            address=os.environ.get("RAY_ADDRESS", "local"),
+            address=address,
             include_dashboard=False,
             _temp_dir=ray_temp_dir,
             # The workers' own runtime env must find this package.
             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}},
+            **local,
         )
     use_gpu = cfg.use_gpu if isinstance(cfg.use_gpu, bool) else ray.cluster_resources().get("GPU", 0) > 0
     trainer = TorchTrainer(

@@ -1,5 +1,7 @@
 """A real engine (tiny model, NixlConnector) listens only on the node's own address: every TCP
-socket its replica process tree listens on is bound to PREFILLSHARE_HOST, none to a wildcard."""
+socket its replica process tree listens on is bound to PREFILLSHARE_HOST, none to a wildcard.
+And a Ray of our own (deployments/ray_local.py) listens on loopback only, even in a process
+that imported ray before, without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER in its environment."""
 
 from __future__ import annotations
 
@@ -52,3 +54,37 @@ def test_a_real_engine_listens_only_on_the_node_address() -> None:
     # The NIXL handshake side channel is among them, on the node address.
     assert ("127.0.0.1", report["side_channel"]) in listening, listening
     assert all(ip == "127.0.0.1" for ip, _ in listening), listening
+
+
+RAY_PROBE = r"""
+import json, psutil, ray  # ray first: it reads its loopback switch at import
+from deployments.ray_local import init_local_ray
+
+init_local_ray()
+gcs = ray.get_runtime_context().gcs_address
+listening = []
+for proc in psutil.Process().children(recursive=True):
+    try:
+        conns = proc.net_connections(kind="inet")
+    except psutil.Error:
+        continue
+    listening += [c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN]
+print("LISTENING " + json.dumps({"gcs": gcs, "listening": listening}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_our_own_ray_listens_only_on_loopback() -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "VLLM_HOST_IP", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", RAY_PROBE], cwd=ROOT,
+                         env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=240)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("LISTENING ")]
+    assert lines, f"probe failed ({out.returncode}):\n{out.stderr[-3000:]}"
+    report = json.loads(lines[-1].removeprefix("LISTENING "))
+    assert report["gcs"].startswith("127.0.0.1:"), report
+    assert report["listening"], report  # GCS, raylet, agents
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in report["listening"]), report
