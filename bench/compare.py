@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-run-s", type=float, default=900.0, help="per load point (hard limit)")
     p.add_argument("--request-timeout-s", type=float, default=300.0, help="per call")
+    p.add_argument("--server-timeout-s", type=float, default=None,
+                   help="every stage timeout of the app (prefill, KV pull, first token, "
+                        "request; default: the app's own, 120 s per stage): an overloaded "
+                        "topology's slow calls then finish instead of failing with 504")
     p.add_argument("--out-dir", default="runs/compare")
     p.add_argument("--from-results", nargs="+", metavar="JSON",
                    help="start nothing: report on these results.json files (merged)")
@@ -231,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_results:
         print(report(_load_rows(a.from_results), out_dir, a.prefillshare_label, a.prefix))
         return 0
+    if a.server_timeout_s is not None and a.server_timeout_s >= a.request_timeout_s:
+        print("--server-timeout-s must be below --request-timeout-s: the server answers (504) "
+              "before the client gives up", file=sys.stderr)
+        return 2
     roles = a.roles.split(",")
     try:
         loads = [(float(r), int(c)) for r, c in (x.split(":") for x in a.loads.split(","))]
@@ -257,8 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"kind": topo, "decode_kv_mode": a.decode_kv_mode if topo == "prefillshare"
                  else "exact", "prefill_kv_gib": a.kv_cache_space_gib,
                  "decode_kv_gib": decode_engine["kv_cache_space_gib"], "model": a.model}
-        run_topology(label, app_args(topo, roles, a.model, engine, decode_kv_mode=a.decode_kv_mode,
-                                     decode_engine=decode_engine),
+        args = app_args(topo, roles, a.model, engine, decode_kv_mode=a.decode_kv_mode,
+                        decode_engine=decode_engine)
+        if a.server_timeout_s is not None:
+            args["timeouts"] = {stage: a.server_timeout_s for stage in
+                                ("prefill_s", "kv_pull_s", "first_token_s", "request_s")}
+            extra["server_timeout_s"] = a.server_timeout_s
+        run_topology(label, args,
                      loads, wl, a.block_size, extra=extra, on_row=save)
     print(report(rows, out_dir, a.prefillshare_label, a.prefix))
     return 0

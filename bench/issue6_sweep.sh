@@ -42,7 +42,10 @@ step() {  # step NAME ARGS...: one app, one lock acquisition
 # Each step: 3-6 min to start eight engines plus the load points. Capped steps stop each
 # point at 240 s (COMMON); the capacity steps run every session to the end (no cap that
 # could trim the tail), with a longer per-call timeout.
-UNCAPPED=(--max-run-s 1500 --request-timeout-s 900)
+# The app's stage timeouts go up as well (default 120 s): the overloaded baseline's prefills
+# took longer than that (base-cap-504: 504s that ended sessions early and left those calls
+# out of its p95).
+UNCAPPED=(--max-run-s 1500 --request-timeout-s 900 --server-timeout-s 840)
 step base-small --topologies baseline     --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
 step ps-small   --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$LOW,$MID"
 step ps-reuse   --topologies prefillshare --kv-cache-space-gib 0.125 --loads "$MID" \

@@ -86,3 +86,9 @@ def test_report_from_saved_results(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_bad_loads_are_a_usage_error(tmp_path: Path):
     assert main(["--loads", "fast", "--out-dir", str(tmp_path)]) == 2
+
+
+def test_a_server_timeout_at_or_over_the_client_timeout_is_a_usage_error(tmp_path: Path):
+    # The server must answer (504) before the client gives up, or a slow call counts as hung.
+    assert main(["--server-timeout-s", "300", "--request-timeout-s", "300",
+                 "--out-dir", str(tmp_path)]) == 2
