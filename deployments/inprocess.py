@@ -48,6 +48,17 @@ class RunningApp:
         r.raise_for_status()
         return r.json()
 
+    def session_chat(self, role: str, messages: list[dict[str, str]], session: str,
+                     max_tokens: int) -> tuple[str, int, int]:
+        """One greedy chat call of a session through the HTTP API: the answer's text, its
+        prompt tokens and how many of them the prefill engine had cached (vLLM's count)."""
+        r = self.client.post("/v1/chat/completions", headers={"x-session-id": session}, json={
+            "model": role, "messages": messages, "max_tokens": max_tokens, "temperature": 0})
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        return (r.json()["choices"][0]["message"]["content"], usage["prompt_tokens"],
+                usage["prompt_tokens_details"]["cached_tokens"])
+
     def greedy_pd(self, prefill: str, decode: str, prompt: list[int], max_tokens: int,
                   lora_name: str | None = None) -> tuple[list[int], list[float], Any]:
         """One greedy P/D request through the Serve handles (below the HTTP API): the token

@@ -43,12 +43,7 @@ def _prefill_replicas() -> dict[str, str]:
 
 
 def _call(app, role: str, messages: list[dict], session: str) -> tuple[str, int, int]:
-    r = app.client.post("/v1/chat/completions", headers={"x-session-id": session}, json={
-        "model": role, "messages": messages, "max_tokens": 12, "temperature": 0})
-    assert r.status_code == 200, r.text
-    usage = r.json()["usage"]
-    return (r.json()["choices"][0]["message"]["content"], usage["prompt_tokens"],
-            usage["prompt_tokens_details"]["cached_tokens"])
+    return app.session_chat(role, messages, session, max_tokens=12)
 
 
 def _turns(app, session: str, messages: list[dict], turns: int, start: int = 0) -> list[tuple[int, int, int]]:

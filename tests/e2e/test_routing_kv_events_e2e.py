@@ -70,12 +70,7 @@ def _sent_by_worker(app) -> dict[tuple[str, str], float]:
 
 
 def _chat(app, messages: list[dict], session: str) -> tuple[str, int, int]:
-    r = app.client.post("/v1/chat/completions", headers={"x-session-id": session}, json={
-        "model": ROLE, "messages": messages, "max_tokens": 8, "temperature": 0})
-    assert r.status_code == 200, r.text
-    usage = r.json()["usage"]
-    return (r.json()["choices"][0]["message"]["content"], usage["prompt_tokens"],
-            usage["prompt_tokens_details"]["cached_tokens"])
+    return app.session_chat(ROLE, messages, session, max_tokens=8)
 
 
 def test_session_stays_on_its_home_whichever_ingress_replica_routes_it(app):
