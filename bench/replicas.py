@@ -94,9 +94,9 @@ def _process_tree_rss(_actor: Any) -> dict[str, Any]:
 
 def replica_memory(replicas: Iterable[Replica], timeout_s: float = 30) -> dict[str, dict[str, Any]]:
     """actor name -> {pid, rss_mib, parts, served}; replicas that do not answer are left out.
-    ``served`` is an engine replica's finished request count (None for other replicas, or
-    while its engine is still starting): a memory clock should start when a replica serves,
-    not while its engine loads."""
+    ``served`` is an engine replica's finished request count (0 while its engine is still
+    starting, None for replicas without an engine): a memory clock should start when a
+    replica serves, not while its engine loads."""
     import ray
 
     refs, served_refs = {}, {}
