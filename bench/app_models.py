@@ -8,7 +8,7 @@ from typing import Any
 def base_decoder_engine(models: str, kv_cache_space_gib: float) -> tuple[str, str | None, dict[str, Any]]:
     """(base model, role decoder or None for the base itself, engine options) for
     `models` = "tiny" (random tiny Llamas, seconds to start) or "smollm2" (the packaged model)."""
-    from deployments.inprocess import tiny_engine, tiny_models
+    from bench.running_app import tiny_engine, tiny_models
 
     if models == "tiny":
         base, decoder = tiny_models()

@@ -35,7 +35,7 @@ def run_topology(name: str, args: dict[str, Any], loads: list[tuple[float, int]]
                  on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Starts the app once, drives every load point against it; ``on_row`` gets each
     point's row as soon as it is measured (a long sweep loses nothing if it dies later)."""
-    from deployments.inprocess import running_app
+    from bench.running_app import running_app
 
     out = []
     t0 = time.perf_counter()

@@ -2,10 +2,10 @@
 records (bench/records.py) and what bench/fault_run.py observed of the replicas.
 
 Every call ends as one outcome:
-- ``completed``: the whole stream arrived (possibly after router retries);
+- ``completed``: the whole stream arrived (possibly after the ingress retried);
 - ``http_503`` / ``http_504`` ...: refused before the first token, with an OpenAI error body;
 - ``stream_error``: failed after tokens were sent (a decode replica died mid-stream; a retry
-  would repeat tokens, so the router does not retry), reported as an OpenAI error event;
+  would repeat tokens, so the ingress does not retry), reported as an OpenAI error event;
 - ``client_timeout``: no answer within the client's timeout: a HANG, never acceptable;
 - ``transport_error``: the connection broke without an answer (e.g. the proxy died).
 """
@@ -92,7 +92,7 @@ def summary_text(report: dict[str, Any]) -> str:
         f"fault run: {'PASS' if not report['problems'] else 'FAIL'}",
         f"  calls: sent {calls['sent']}, completed {calls['completed']}, "
         f"failed {calls['failed']} {calls['failed_by_outcome'] or ''}".rstrip(),
-        f"  router retries: {report['retries']} {report['retries_by_reason'] or ''}".rstrip(),
+        f"  ingress retries: {report['retries']} {report['retries_by_reason'] or ''}".rstrip(),
         f"  KV pulls failed at decode engines (handshake/transfer): "
         f"{report['kv_pull_failures_seen']}; prefill leases expired: "
         f"{report.get('kv_leases_expired', 0)}",

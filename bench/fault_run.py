@@ -4,9 +4,9 @@ keep KV blocks afterwards, and Serve must replace the dead replicas.
 
     flock -s /tmp/prefillshare-engines.lock prefillshare fault --out runs/fault
 
-Starts the app in this process on 127.0.0.1 (deployments/inprocess.py): a shared prefill pool
+Starts the app in this process on 127.0.0.1 (bench/running_app.py): a shared prefill pool
 of two replicas; role ``planner`` decodes on two replicas with kv_load_failure_policy ``fail``
-(a failed pull makes the router prefill again), role ``critic`` on one with ``recompute`` (the
+(a failed pull makes the ingress prefill again), role ``critic`` on one with ``recompute`` (the
 decode engine prefills locally). bench.driver replays sessions over both roles while this
 process, on a schedule from the start of the load:
   1. arms KV pull failures on one replica of each decode pool (the next pulls go to an address
@@ -31,6 +31,7 @@ from typing import Any
 
 from bench.fault_report import call_counts, problems, summary_text
 from bench.records import RunResult
+from contract.wire import ReplicaProbe
 from bench.workload import Workload
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -136,13 +137,13 @@ def _engine_totals(running: Any, replicas: list[Any]) -> dict[str, dict[str, Any
 
 def run_faults(args: argparse.Namespace) -> tuple[dict[str, Any], RunResult]:
     from bench import replicas as rep
-    from deployments.inprocess import APP, running_app
+    from bench.running_app import APP, running_app
 
     timeouts = {"prefill_s": args.stage_timeout_s, "kv_pull_s": args.stage_timeout_s,
                 "first_token_s": args.stage_timeout_s, "request_s": args.request_timeout_s}
     cfg = app_args(args.models, args.kv_cache_space_gib, args.max_retries, timeouts)
     print("[fault] starting the app (5 engines) ...", flush=True)
-    with running_app(cfg) as running:
+    with running_app(cfg, fault_injection=True) as running:
         before = rep.live_replicas(APP)
         layout = rep.by_deployment(before)
         print(f"[fault] replicas: {layout}", flush=True)
@@ -161,7 +162,7 @@ def run_faults(args: argparse.Namespace) -> tuple[dict[str, Any], RunResult]:
                                  ("decode-critic", critic[0], 1)):
             _apply(faults, t0, "kv_pull_failure", f"{pool}#{replica.replica_id} x{n}",
                    lambda p=pool, r=replica, k=n: running.handle(p).fail_next_kv_pulls.remote(
-                       k, target_replica=r.replica_id).result(timeout_s=30))
+                       k, ReplicaProbe.of(r.replica_id)).result(timeout_s=30))
         _sleep_until(t0, args.warmup_s + args.fault_gap_s, load)
         _apply(faults, t0, "kill_prefill_replica", prefill[-1].actor_name,
                lambda: _kill_when_busy(running, prefill[-1]))

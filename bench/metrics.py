@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.records import CallRecord, RunResult, StatsSample
 
-DEFAULT_BLOCK_SIZE = 128  # deployments.config.EngineConfig.block_size's default
+DEFAULT_BLOCK_SIZE = 128  # contract.config.EngineConfig.block_size's default
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

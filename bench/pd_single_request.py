@@ -47,7 +47,7 @@ def _stream_once(client: httpx.Client, prompt: list[int], max_tokens: int) -> tu
 
 
 def measure_pd(model: str, engine: dict[str, Any], prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
-    from deployments.inprocess import running_app
+    from bench.running_app import running_app
 
     args = {"base_model": model, "prefill_pools": {"shared": {"engine": engine}},
             "roles": [{"name": "planner", "decode_pool": {"engine": engine}}]}
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/pd_single_request.json")
     args = p.parse_args(argv)
 
-    from deployments.model_assets import resolve_model
+    from vllm_runtime.model_assets import resolve_model
 
     model = resolve_model(args.model)
     engine = {"max_model_len": 4096, "kv_cache_space_gib": 1}

@@ -2,10 +2,10 @@
 each (KV blocks free? memory?) and wait for Serve to replace the dead.
 
 Ray glue for the fault run and the soak (bench/fault_run.py, bench/soak.py); runs in the Ray
-driver process that started the app (deployments/inprocess.py). A replica is its Serve id, the
+driver process that started the app (bench/running_app.py). A replica is its Serve id, the
 tail of its actor name ``SERVE_REPLICA::<app>#<deployment>#<id>``. Engine probe methods take a
-``target_replica`` kwarg that the request router honours (router_service/routing/serve_router.py),
-so every replica is asked, not one per deployment.
+``ReplicaProbe`` (contract/wire.py) whose target the request router honours
+(routing/serve_router.py), so every replica is asked, not one per deployment.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from contract.wire import ReplicaProbe
 
 REPLICA_PREFIX = "SERVE_REPLICA::"
 
@@ -126,7 +128,7 @@ def replica_memory(replicas: Iterable[Replica], timeout_s: float = 30) -> dict[s
 
 def probe(handle: Any, method: str, replica_id: str, timeout_s: float = 30) -> Any:
     """Call an engine probe method on one replica (blocking); raises if it does not answer."""
-    return getattr(handle, method).remote(target_replica=replica_id).result(timeout_s=timeout_s)
+    return getattr(handle, method).remote(ReplicaProbe.of(replica_id)).result(timeout_s=timeout_s)
 
 
 def wait_blocks_free(handle: Any, replica_id: str, timeout_s: float,
@@ -170,3 +172,15 @@ def serve_app_running(app: str) -> bool:
 
     status = serve.status().applications.get(app)
     return status is not None and str(status.status).endswith("RUNNING")
+
+
+def live_routers(deployment: str | None = None) -> list[Any]:
+    """The request routers of this process (what does my index hold?), for tests. Found by a
+    heap walk: Serve builds them out of sight (a registry filled in initialize_state stayed
+    empty when read from the caller's thread)."""
+    import gc
+
+    from routing.serve_router import PrefixLocalityRequestRouter
+
+    return [o for o in gc.get_objects() if isinstance(o, PrefixLocalityRequestRouter)
+            and hasattr(o, "metrics") and (deployment is None or o.metrics.deployment == deployment)]

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.driver import drive
+from contract.routing_policies import ROUTING_POLICIES
 from bench.metrics import summarize
 from bench.records import RunResult
 from bench.workload import Workload
 
-POLICIES = ("prefix_locality", "session_sticky", "power_of_two", "prefix_affinity")
 ROLE = "agent"
 
 
@@ -62,7 +62,7 @@ def workloads(heavy_sessions: int, heavy_turns: int, light_sessions: int,
 def replica_counters(deployment: str) -> dict[str, dict[str, Any]]:
     """Each prefill replica's routing stats: its engine's own prefix-cache counters."""
     from bench.replicas import routing_stats
-    from deployments.inprocess import APP
+    from bench.running_app import APP
 
     return routing_stats(APP, deployment)
 
@@ -76,7 +76,7 @@ def spread(values: list[float]) -> dict[str, float | None]:
 
 
 def run_policy(policy: str, a: argparse.Namespace) -> dict[str, Any]:
-    from deployments.inprocess import running_app
+    from bench.running_app import running_app
 
     engine = {"max_model_len": 8192, "kv_cache_space_gib": a.kv_cache_space_gib,
               "block_size": a.block_size}
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="start the app with one prefill policy and drive the workload")
-    r.add_argument("--policy", required=True, choices=POLICIES)
+    r.add_argument("--policy", required=True, choices=list(ROUTING_POLICIES))
     r.add_argument("--model", default="smollm2")
     r.add_argument("--prefill-replicas", type=int, default=2)
     r.add_argument("--kv-events", action="store_true", help="routing.kv_events on")

@@ -4,7 +4,7 @@ a bound.
 
     flock -s /tmp/prefillshare-engines.lock prefillshare soak --out runs/soak
 
-Starts the app in this process on 127.0.0.1 (deployments/inprocess.py): one shared prefill
+Starts the app in this process on 127.0.0.1 (bench/running_app.py): one shared prefill
 replica and roles ``planner`` and ``critic`` with one decode replica each. bench.driver runs
 sessions for ``--duration-min``; every ``--sample-s`` this process reads the RSS of each
 replica process (replica actor + vLLM's EngineCore and workers, by pid, via psutil inside the
@@ -56,7 +56,7 @@ def soak_workload(args: argparse.Namespace) -> Workload:
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     from bench import replicas as rep
-    from deployments.inprocess import APP, running_app
+    from bench.running_app import APP, running_app
 
     cfg = soak_app_args(args.models, args.kv_cache_space_gib, args.request_timeout_s)
     print("[soak] starting the app (3 engines) ...", flush=True)

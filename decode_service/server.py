@@ -11,19 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from router_service.backend import BackendError, GenerationDelta, SamplingSpec, TokenLogprob
-from router_service.pd_backend import KV_LOADED_STAT, KV_PULL_FAILED
+from contract.wire import (
+    DecodeEvent,
+    DecodeRequest,
+    ErrorCode,
+    GenerationDelta,
+    KvLoaded,
+    ReleaseRequest,
+    SamplingSpec,
+    ServingError,
+    TokenLogprob,
+)
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_server import EngineServer
 from vllm_runtime.kv_pull_probe import EXTENSION as KV_PULL_EXTENSION
 from vllm_runtime.kv_pull_probe import KvPullWatcher
 
-# Sent once the request's KV is in this engine, before its first token (router's timeouts).
-KV_LOADED = GenerationDelta(text="", token_ids=(), stats={KV_LOADED_STAT: 1.0})
+KV_LOADED = KvLoaded()
 
 
 def sampling_params(spec: SamplingSpec, kv_transfer_params: dict[str, Any] | None) -> Any:
@@ -45,7 +52,7 @@ def sampling_params(spec: SamplingSpec, kv_transfer_params: dict[str, Any] | Non
 
 
 def to_delta(out: Any) -> GenerationDelta:
-    """A vLLM RequestOutput in DELTA mode -> the API's GenerationDelta."""
+    """A vLLM RequestOutput in DELTA mode -> the wire's GenerationDelta."""
     completion = out.outputs[0]
     logprobs = None
     if completion.logprobs is not None:
@@ -78,7 +85,6 @@ class DecodeServer(EngineServer):
         super().__init__(dataclasses.replace(spec, options=options), pool, core_offset)
         self.kv_pulls = KvPullWatcher(self.engine.engine)
         self.lora_requests = self._lora_requests(lora_adapters or {})
-        self.kv_pull_faults_armed = 0  # fault injection (bench/fault_run.py); 0 in service
 
     @staticmethod
     def _lora_requests(adapters: dict[str, str]) -> dict[str, Any]:
@@ -89,27 +95,23 @@ class DecodeServer(EngineServer):
         return {name: LoRARequest(name, i + 1, path)
                 for i, (name, path) in enumerate(sorted(adapters.items()))}
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingSpec,
-                       kv_transfer_params: dict[str, Any] | None,
-                       lora_name: str | None = None,
-                       block_hashes: list[int] | None = None) -> AsyncIterator[GenerationDelta]:
-        """``block_hashes`` is read by the request router (reuse mode), not here."""
+    async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]:
         lora = None
-        if lora_name is not None:
-            if lora_name not in self.lora_requests:
-                raise BackendError(f"adapter {lora_name!r} is not served here", 500, retryable=False)
-            lora = self.lora_requests[lora_name]
-        if kv_transfer_params and self.kv_pull_faults_armed > 0:
-            self.kv_pull_faults_armed -= 1
-            kv_transfer_params = unreachable_kv_source(kv_transfer_params)
-        params = sampling_params(sampling, kv_transfer_params)
+        if request.lora_name is not None:
+            lora = self.lora_requests.get(request.lora_name)
+            if lora is None:
+                raise ServingError(f"adapter {request.lora_name!r} is not served here", 500,
+                                   code=ErrorCode.ADAPTER_NOT_SERVED, retryable=False)
+        kv_params = self.kv_source(request)
+        params = sampling_params(request.sampling, kv_params)
+        rid = request.request_id
         self.inflight += 1
-        outputs = self.engine.generate(prompt_token_ids, params, request_id, lora)
+        outputs = self.engine.generate(list(request.prompt_token_ids), params, rid, lora)
         try:
-            if kv_transfer_params:
-                # Until the first output: tell the router when the KV pull is over.
+            if kv_params:
+                # Until the first output: tell the ingress when the KV pull is over.
                 first = None
-                async for item in self._until_first_output(request_id, outputs):
+                async for item in self._until_first_output(rid, outputs):
                     if item is KV_LOADED:
                         yield KV_LOADED
                     else:
@@ -122,6 +124,10 @@ class DecodeServer(EngineServer):
         finally:
             await outputs.aclose()
             self.inflight -= 1
+
+    def kv_source(self, request: DecodeRequest) -> dict[str, Any] | None:
+        """Where this request's prompt KV is pulled from (a seam for fault injection)."""
+        return request.kv_transfer_params
 
     async def _until_first_output(self, request_id: str,
                                   outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -145,33 +151,16 @@ class DecodeServer(EngineServer):
         if out is not None:
             yield out
 
-    async def fail_next_kv_pulls(self, count: int = 1, target_replica: str | None = None) -> str:
-        """Fault injection: the next ``count`` requests of this replica pull their KV from an
-        address where no prefill engine listens, so vLLM's real failure path runs (NIXL
-        handshake fails; policy fail: error, recompute: local prefill). The real prefill
-        blocks stay leased until the router's release or the lease expiry, as after any real
-        failed pull. ``target_replica`` is read by the request router. Returns the engine id."""
-        self.kv_pull_faults_armed += count
-        return self.engine.spec.engine_id
-
-    async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
+    async def release(self, request: ReleaseRequest) -> None:
         """Frees the prefill engine's leased blocks for a request that will never be decoded."""
-        await self.engine.engine.notify_kv_transfer_request_rejected(request_id, kv_transfer_params)
+        await self.engine.engine.notify_kv_transfer_request_rejected(request.request_id,
+                                                                    request.kv_transfer_params)
 
 
 def _checked(delta: GenerationDelta) -> GenerationDelta:
     if delta.finish_reason == "error":
         # vLLM's only request-level error: the KV pull failed (policy "fail").
-        raise BackendError("KV transfer from the prefill pool failed; retry", 503,
-                           code=KV_PULL_FAILED)
+        raise ServingError("KV transfer from the prefill pool failed; retry", 503,
+                           code=ErrorCode.KV_PULL_FAILED)
     return delta
 
-
-def unreachable_kv_source(params: dict[str, Any]) -> dict[str, Any]:
-    """The same transfer, pointed at a prefill engine that does not exist (a closed port on
-    the same host): the pull fails at the NIXL handshake."""
-    from vllm_runtime.replica_env import free_port
-
-    host = str(params.get("remote_host") or "127.0.0.1")
-    return {**params, "remote_engine_id": f"fault-injected-{uuid.uuid4().hex[:8]}",
-            "remote_port": free_port(host)}

@@ -1,7 +1,7 @@
 """The Serve application builder: ``import_path: deployments.app:build_app`` in config.yaml.
 
 Runs where Serve builds the app (the `serve deploy` build task, or the caller of serve.run).
-It validates the args against deployments.config.AppConfig, plans the engines
+It validates the args against contract.config.AppConfig, plans the engines
 (deployments.plan) and binds one Serve deployment per prefill pool, one per decode pool and
 the ingress.
 """
@@ -10,35 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from decode_service.server import DecodeServer
-from deployments.config import AppConfig, format_validation_error
+from contract.config import AppConfig, load_config
 from deployments.kv_compat import KvLayout, kv_blocks_in
 from deployments.plan import DeploymentPlan, EnginePool, make_plan
 from prefill_service.server import PrefillServer
-from router_service.ingress import RouterIngress
+from router_service.ingress import INGRESS_DEPLOYMENT, Ingress
 
 # Engines take 30-70 s to start on a loaded 2-core box; Serve's default health timeouts
 # would kill them mid-start.
 _HEALTH = {"health_check_period_s": 10, "health_check_timeout_s": 60,
            "graceful_shutdown_timeout_s": 20}
-
-
-class ConfigError(ValueError):
-    """A bad application config; the message names the field."""
-
-
-def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
-    if isinstance(args, AppConfig):
-        return args
-    try:
-        return AppConfig.model_validate(args)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
 
 
 def _router_config(cfg: AppConfig, policy: str, pool: EnginePool) -> RequestRouterConfig:
@@ -48,7 +34,7 @@ def _router_config(cfg: AppConfig, policy: str, pool: EnginePool) -> RequestRout
     capacity = kv_blocks_in(engine.kv_cache_space_gib, engine.block_size,
                             KvLayout.of(pool.spec.model, engine.dtype))
     return RequestRouterConfig(
-        request_router_class="router_service.routing.serve_router:PrefixLocalityRequestRouter",
+        request_router_class="routing.serve_router:PrefixLocalityRequestRouter",
         request_router_kwargs={
             "policy": policy, "deployment": pool.name, "block_size": engine.block_size,
             "load_relative_factor": r.load_bound, "load_absolute_threshold": r.load_absolute_threshold,
@@ -76,7 +62,9 @@ def _engine_deployment(cls: type, pool: EnginePool, router: RequestRouterConfig)
     )
 
 
-def bind_plan(cfg: AppConfig, plan: DeploymentPlan) -> Application:
+def bind_plan(cfg: AppConfig, plan: DeploymentPlan,
+              decode_server: type[DecodeServer] = DecodeServer) -> Application:
+    """``decode_server``: a subclass for test harnesses (bench/fault_injection.py)."""
     decode_policy = cfg.routing.decode_policy or (
         "prefix_locality" if cfg.decode_kv_mode == "reuse" else "least_loaded")
     prefill = {
@@ -86,25 +74,19 @@ def bind_plan(cfg: AppConfig, plan: DeploymentPlan) -> Application:
         for p in plan.prefill
     }
     decode = {
-        d.name: _engine_deployment(DecodeServer, d, _router_config(cfg, decode_policy, d))
+        d.name: _engine_deployment(decode_server, d, _router_config(cfg, decode_policy, d))
         .bind(d.spec, d.pool, d.core_offset, d.lora_adapters)
         for d in plan.decode
     }
-    roles = [
-        {"role": r.role, "prefill_deployment": r.prefill_deployment,
-         "decode_deployment": r.decode_deployment, "lora_name": r.lora_name,
-         "instructions": r.instructions}
-        for r in plan.roles
-    ]
     # The API refuses prompts no engine on the path can hold.
     max_len = min(p.spec.options.max_model_len for p in (*plan.prefill, *plan.decode))
-    ingress = serve.deployment(RouterIngress).options(
-        name="router", num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": 0},
+    ingress = serve.deployment(Ingress).options(
+        name=INGRESS_DEPLOYMENT, num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,
     )
     block_sizes = {p.name: p.spec.options.block_size for p in (*plan.prefill, *plan.decode)}
-    return ingress.bind(cfg.model_dump(mode="json"), roles, plan.base_model, max_len, prefill,
-                        decode, block_sizes)
+    return ingress.bind(cfg.model_dump(mode="json"), list(plan.roles), plan.base_model, max_len,
+                        prefill, decode, block_sizes)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -50,7 +50,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     sf = _load(args.config)
     plan = make_plan(sf.app)  # resolves models and checks KV compatibility
     print(f"{sf.path}: ok: {len(plan.prefill)} prefill pool(s), {len(plan.decode)} decode "
-          f"pool(s), roles {[r.role for r in plan.roles]}")
+          f"pool(s), roles {[r.name for r in plan.roles]}")
     return EXIT_OK
 
 
@@ -159,7 +159,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  POST {base}/v1/chat/completions   (model: one of the roles)")
         print(f"  POST {base}/v1/completions")
         for r in plan.roles:
-            print(f"  POST {base}/roles/{r.role}/v1/chat/completions")
+            print(f"  POST {base}/roles/{r.name}/v1/chat/completions")
         print(f"  GET  {base}/stats   (prefix-cache and KV-transfer counters)")
         print(f"  GET  http://127.0.0.1:{args.metrics_export_port}/metrics   (Ray's Prometheus "
               "exporter: docs/operations.md)")
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if delegated is not None:
         return delegated
     args = build_parser().parse_args(argv)
-    from deployments.app import ConfigError
+    from contract.config import ConfigError
     from deployments.kv_compat import KvIncompatible
 
     try:

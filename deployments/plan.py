@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deployments.config import AppConfig, PoolOptions, RoleConfig
+from contract.config import AppConfig, PoolOptions, RoleConfig
+from contract.roles import ServedRole
 from deployments.kv_compat import check_kv_compatible
-from deployments.model_assets import resolve_model
+from vllm_runtime.model_assets import resolve_model
 from vllm_runtime.engine_args import EngineSpec
 
 LORA_POOL = "lora"
@@ -28,19 +29,10 @@ class EnginePool:
 
 
 @dataclass(frozen=True)
-class RolePlan:
-    role: str
-    prefill_deployment: str
-    decode_deployment: str
-    lora_name: str | None
-    instructions: str | None
-
-
-@dataclass(frozen=True)
 class DeploymentPlan:
     prefill: tuple[EnginePool, ...]
     decode: tuple[EnginePool, ...]
-    roles: tuple[RolePlan, ...]
+    roles: tuple[ServedRole, ...]
     base_model: str  # resolved folder: the tokenizer and chat template come from here
 
 
@@ -81,7 +73,7 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         core += pool.replicas * pool.engine.cpu_threads
 
     decode: list[EnginePool] = []
-    roles: list[RolePlan] = []
+    roles: list[ServedRole] = []
     lora_roles = [r for r in cfg.roles if r.lora_adapter]
     for role in cfg.roles:
         if role.lora_adapter:
@@ -92,8 +84,9 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         decode.append(EnginePool(decode_deployment_name(role), role.name, spec, role.decode_pool,
                                  core))
         core += role.decode_pool.replicas * role.decode_pool.engine.cpu_threads
-        roles.append(RolePlan(role.name, prefill_deployment_name(role.prefill_pool),
-                              decode_deployment_name(role), None, role.instructions))
+        roles.append(ServedRole(role.name, role.instructions,
+                                prefill_deployment_name(role.prefill_pool),
+                                decode_deployment_name(role)))
     if lora_roles:
         assert cfg.lora_pool is not None  # the schema guarantees it
         lp = cfg.lora_pool
@@ -111,10 +104,10 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
                     if r.lora_adapter}
         decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters))
         for r in lora_roles:
-            roles.append(RolePlan(r.name, prefill_deployment_name(r.prefill_pool),
-                                  decode_deployment_name(r), r.name, r.instructions))
+            roles.append(ServedRole(r.name, r.instructions, prefill_deployment_name(r.prefill_pool),
+                                    decode_deployment_name(r), lora_name=r.name))
     order = {r.name: i for i, r in enumerate(cfg.roles)}
-    roles.sort(key=lambda r: order[r.role])
+    roles.sort(key=lambda r: order[r.name])
     return DeploymentPlan(tuple(prefill), tuple(decode), tuple(roles), base)
 
 

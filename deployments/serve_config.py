@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from deployments.config import AppConfig
+from contract.config import AppConfig, load_config
 
 IMPORT_PATH = "deployments.app:build_app"
 
@@ -26,8 +26,6 @@ class ServeFile:
 
 
 def load_serve_file(path: str | Path) -> ServeFile:
-    from deployments.app import load_config
-
     p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text())

@@ -12,16 +12,8 @@ import dataclasses
 import time
 from typing import Any
 
+from contract.wire import PrefillRequest, PrefillResult
 from vllm_runtime.engine_server import EngineServer
-
-
-@dataclasses.dataclass(frozen=True)
-class PrefillResult:
-    kv_transfer_params: dict[str, Any]
-    num_prompt_tokens: int
-    num_cached_tokens: int  # prompt tokens served from this engine's prefix cache
-    prefill_s: float
-    engine_id: str
 
 
 class PrefillServer(EngineServer):
@@ -36,7 +28,7 @@ class PrefillServer(EngineServer):
         if kv_events_namespace is not None:
             from vllm.config import KVEventsConfig
 
-            from router_service.routing.kv_event_feed import KvEventFeed
+            from prefill_service.kv_event_feed import KvEventFeed
             from vllm_runtime.replica_env import node_host
 
             self.kv_feed = KvEventFeed(spec.options.block_size, kv_events_namespace, node_host())
@@ -54,9 +46,7 @@ class PrefillServer(EngineServer):
             stats["kv_blocks"] = self.kv_feed.state.snapshot()
         return stats
 
-    async def prefill(self, request_id: str, prompt_token_ids: list[int],
-                      block_hashes: list[int] | None = None) -> PrefillResult:
-        """``block_hashes`` is read by the request router (prefix locality), not here."""
+    async def prefill(self, request: PrefillRequest) -> PrefillResult:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -68,7 +58,8 @@ class PrefillServer(EngineServer):
         self.inflight += 1
         last = None
         try:
-            async for out in self.engine.generate(prompt_token_ids, params, request_id):
+            async for out in self.engine.generate(list(request.prompt_token_ids), params,
+                                                  request.request_id):
                 last = out
         finally:
             self.inflight -= 1
@@ -76,7 +67,7 @@ class PrefillServer(EngineServer):
             raise RuntimeError("prefill engine returned no kv_transfer_params")
         return PrefillResult(
             kv_transfer_params=dict(last.kv_transfer_params),
-            num_prompt_tokens=len(prompt_token_ids),
+            num_prompt_tokens=len(request.prompt_token_ids),
             num_cached_tokens=int(last.num_cached_tokens or 0),
             prefill_s=time.perf_counter() - started,
             engine_id=self.engine.spec.engine_id,

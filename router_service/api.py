@@ -14,12 +14,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from router_service.backend import GenerationBackend, GenerationDelta, GenerationRequest
+from contract.roles import ServedRole
+from router_service.backend import GenerationBackend, GenerationRequest
+from contract.wire import GenerationDelta
 from router_service.completion_output import (
     ChatChunks,
     CompletionChunks,
@@ -31,7 +33,8 @@ from router_service.completion_output import (
     completion_response,
     stream_events,
 )
-from router_service.errors import APIError, install_error_handlers, model_not_found
+from contract.wire import ServingError
+from router_service.errors import install_error_handlers, model_not_found
 from router_service.guard import GuardMiddleware, RequestGuard, api_key_of
 from router_service.openapi_doc import install_openapi
 from router_service.openai_schema import (
@@ -58,22 +61,6 @@ DEFAULT_MAX_MESSAGES = 256
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-class NamedRole(Protocol):
-    """What the API needs of a role; deployments.config.RoleConfig fits as it is."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def instructions(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class RoleSpec:
-    name: str
-    instructions: str | None = None
-
-
 @dataclass(frozen=True)
 class _Limits:
     max_model_len: int
@@ -82,16 +69,16 @@ class _Limits:
     max_messages: int = DEFAULT_MAX_MESSAGES
 
 
-def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer: Any,
+def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer: Any,
               max_model_len: int, session_header: str = "x-session-id", *,
               default_max_tokens: int = DEFAULT_MAX_TOKENS_CAP,
               guard: RequestGuard | None = None,
               max_messages: int = DEFAULT_MAX_MESSAGES) -> FastAPI:
-    """The whole HTTP surface. ``roles`` may be ``AppConfig.roles`` or a list of RoleSpec;
+    """The whole HTTP surface. ``roles``: the served roles (name and instructions are read);
     ``tokenizer`` is the BASE model's transformers tokenizer (its chat template builds every
     role's prompt); ``max_model_len`` is the smallest context window on the serving path;
     ``guard`` checks API keys, rate and body size (router_service.guard; None: none of it)."""
-    by_name: dict[str, NamedRole] = {r.name: r for r in roles}
+    by_name: dict[str, ServedRole] = {r.name: r for r in roles}
     if not by_name:
         raise ValueError("build_api needs at least one role")
     builder = PromptBuilder(tokenizer)
@@ -111,26 +98,26 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
         key = api_key_of(request.scope)
         return [n for n in by_name if key is None or key.may_use(n)]
 
-    def role_of(name: str | None, request: Request) -> NamedRole:
+    def role_of(name: str | None, request: Request) -> ServedRole:
         if not name:
-            raise APIError("You must provide a model parameter (an agent role name).",
+            raise ServingError("You must provide a model parameter (an agent role name).",
                            param="model", code="missing_model")
         role = by_name.get(name)
         if role is None:
             raise model_not_found(name, sorted(visible_roles(request)))
         key = api_key_of(request.scope)
         if key is not None and not key.may_use(role.name):
-            raise APIError(f"The API key {key.name} may not use the model `{role.name}`.",
+            raise ServingError(f"The API key {key.name} may not use the model `{role.name}`.",
                            status_code=403, param="model", code="model_not_allowed")
         return role
 
     def session_of(request: Request, user: str | None) -> str | None:
         return request.headers.get(header) or user or None
 
-    async def chat(role: NamedRole, body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat(role: ServedRole, body: ChatCompletionRequest, request: Request) -> Response:
         request.state.metrics_role = role.name  # the label router_service/metering.py uses
         if len(body.messages) > limits.max_messages:
-            raise APIError(f"At most {limits.max_messages} messages are accepted in one request; "
+            raise ServingError(f"At most {limits.max_messages} messages are accepted in one request; "
                            f"got {len(body.messages)}.", param="messages", code="too_many_messages")
         turns = [Turn(m.role, m.text()) for m in body.messages]
         # Tokenized on the event loop on purpose: a few ms at most, and a fast tokenizer
@@ -138,7 +125,7 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
         try:
             prompt = builder.chat_prompt(turns, role.instructions)
         except PromptTemplateError as exc:
-            raise APIError(str(exc), param="messages") from exc
+            raise ServingError(str(exc), param="messages") from exc
         ids = prompt.token_ids
         max_tokens = resolve_max_tokens(body.requested_max_tokens(), len(ids),
                                         limits.max_model_len, limits.default_max_tokens)
@@ -156,7 +143,7 @@ def build_api(backend: GenerationBackend, roles: Sequence[NamedRole], tokenizer:
         return JSONResponse(chat_response(meta, out, want_logprobs).model_dump(mode="json"),
                             headers=headers)
 
-    async def complete(role: NamedRole, body: CompletionRequest, request: Request) -> Response:
+    async def complete(role: ServedRole, body: CompletionRequest, request: Request) -> Response:
         request.state.metrics_role = role.name
         raw = body.prompt_text_or_ids()
         if not isinstance(raw, str) and limits.vocab_size is not None:

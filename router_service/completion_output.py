@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
-from router_service.backend import GenerationDelta, TokenLogprob
+from contract.wire import GenerationDelta, TokenLogprob
 from router_service.errors import sse_error_event
 from router_service.openai_schema import (
     ChatChoice,

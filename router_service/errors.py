@@ -20,51 +20,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router_service.backend import BackendError
+from contract.wire import INVALID_REQUEST, SERVER_ERROR, ServingError, error_body
 
 log = logging.getLogger(__name__)
 
-INVALID_REQUEST = "invalid_request_error"
-SERVER_ERROR = "server_error"
-
-
-class APIError(Exception):
-    """A failure with a known HTTP status; raised anywhere below a route, rendered once here."""
-
-    def __init__(self, message: str, status_code: int = 400, error_type: str = INVALID_REQUEST,
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.error_type = error_type
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.error_type, self.param, self.code)
-
-
-def error_body(message: str, error_type: str = INVALID_REQUEST, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-
-
-def model_not_found(role: str, known: list[str]) -> APIError:
-    return APIError(
+def model_not_found(role: str, known: list[str]) -> ServingError:
+    return ServingError(
         f"The model `{role}` does not exist. Available models (agent roles): {', '.join(known)}",
         status_code=404, param="model", code="model_not_found",
     )
 
 
-def context_length_exceeded(message: str, param: str | None = "messages") -> APIError:
-    return APIError(message, param=param, code="context_length_exceeded")
+def context_length_exceeded(message: str, param: str | None = "messages") -> ServingError:
+    return ServingError(message, param=param, code="context_length_exceeded")
 
 
-def from_backend_error(exc: BackendError) -> APIError:
-    # A backend status below 400 would read as success to a client: treat it as a server error.
-    status = exc.status_code if 400 <= exc.status_code <= 599 else 500
-    return APIError(str(exc) or "the generation backend failed", status_code=status,
-                    error_type=exc.error_type, code=getattr(exc, "code", None))
+def client_facing(exc: ServingError) -> ServingError:
+    """A status outside 4xx/5xx would read as success to a client: serve it as a 500."""
+    if 400 <= exc.status_code <= 599:
+        return exc
+    return ServingError(exc.message or "the serving path failed", 500, exc.error_type,
+                        code=exc.code)
 
 
 # pydantic names the union member that failed inside `loc` ("str", "list[int]" ...); a client
@@ -102,16 +78,12 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return text, param
 
 
-async def _on_api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    return JSONResponse(exc.body(), status_code=exc.status_code)
-
-
-async def _on_backend_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BackendError)
-    log.warning("backend error: %s (status %s)", exc, exc.status_code)
-    api = from_backend_error(exc)
-    return JSONResponse(api.body(), status_code=api.status_code)
+async def _on_serving_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServingError)
+    if exc.status_code >= 500:
+        log.warning("serving error: %s (status %s, code %s)", exc, exc.status_code, exc.code)
+    out = client_facing(exc)
+    return JSONResponse(out.body(), status_code=out.status_code, headers=out.headers or None)
 
 
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -167,8 +139,7 @@ class CatchAllMiddleware:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _on_api_error)
-    app.add_exception_handler(BackendError, _on_backend_error)
+    app.add_exception_handler(ServingError, _on_serving_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_middleware(CatchAllMiddleware)
@@ -176,10 +147,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def sse_error_event(exc: BaseException) -> str:
     """An error inside a stream that already sent 200: OpenAI clients raise on this event."""
-    if isinstance(exc, APIError):
-        body = exc.body()
-    elif isinstance(exc, BackendError):
-        body = from_backend_error(exc).body()
+    if isinstance(exc, ServingError):
+        body = client_facing(exc).body()
     else:
         body = error_body("The server had an error while processing your request.", SERVER_ERROR)
     return f"data: {json.dumps(body)}\n\n"

@@ -27,11 +27,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_service.auth import ApiKey, KeyConfigError, KeySources, KeyStore, make_key
-from router_service.errors import INVALID_REQUEST, error_body
+from contract.wire import ServingError
 from router_service.rate_limit import RateLimiter
 
 if TYPE_CHECKING:
-    from deployments.config import AuthConfig, LimitsConfig
+    from contract.config import AuthConfig, LimitsConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +99,20 @@ class RequestGuard:
         log.info("API keys reloaded from %s: %d keys", self.sources.file, len(store))
 
     def authenticate(self, authorization: str | None) -> ApiKey:
-        """The key of a request, or a 401 GuardRefusal."""
+        """The key of a request, or a 401 ServingError."""
         now = self.clock()
         self._maybe_reload(now)
         assert self._store is not None
         scheme, _, token = (authorization or "").strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise GuardRefusal(401, "You didn't provide an API key. Send it in the Authorization "
-                               "header: `Authorization: Bearer YOUR_KEY`.", "missing_api_key",
-                               {"www-authenticate": "Bearer"})
+            raise ServingError("You didn't provide an API key. Send it in the Authorization "
+                               "header: `Authorization: Bearer YOUR_KEY`.", 401,
+                               code="missing_api_key", headers={"www-authenticate": "Bearer"})
         key = self._store.authenticate(token)
         if key is None:
-            raise GuardRefusal(401, "Incorrect API key provided.", "invalid_api_key",
-                               {"www-authenticate": 'Bearer error="invalid_token"'})
+            raise ServingError("Incorrect API key provided.", 401, code="invalid_api_key",
+                               headers={"www-authenticate": 'Bearer error="invalid_token"'})
         return key
 
     def check_rate(self, key: ApiKey | None) -> None:
@@ -123,31 +123,15 @@ class RequestGuard:
                                  key.burst if key else None)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            raise GuardRefusal(
-                429, f"Rate limit reached for {name}: retry in {seconds} s.",
-                "rate_limit_exceeded",
-                {"retry-after": str(seconds), "retry-after-ms": str(math.ceil(wait * 1000))},
-                error_type="requests")
+            raise ServingError(
+                f"Rate limit reached for {name}: retry in {seconds} s.", 429, "requests",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(seconds), "retry-after-ms": str(math.ceil(wait * 1000))})
 
 
-class GuardRefusal(Exception):
-    def __init__(self, status: int, message: str, code: str,
-                 headers: dict[str, str] | None = None, error_type: str = INVALID_REQUEST) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.headers = headers or {}
-        self.error_type = error_type
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.error_type, code=self.code),
-                            status_code=self.status, headers=self.headers)
-
-
-def too_large(limit: int) -> GuardRefusal:
-    return GuardRefusal(413, f"The request body is larger than this server's limit of "
-                        f"{limit} bytes.", "request_too_large")
+def too_large(limit: int) -> ServingError:
+    return ServingError(f"The request body is larger than this server's limit of {limit} bytes.",
+                        413, code="request_too_large")
 
 
 class GuardMiddleware:
@@ -170,8 +154,10 @@ class GuardMiddleware:
             if scope["path"] not in guard.open_paths:
                 guard.check_rate(key)
             body = await _read_body(receive, headers, guard.max_body_bytes)
-        except GuardRefusal as refusal:
-            await refusal.response()(scope, receive, send)
+        except ServingError as refusal:
+            # Answered here, before the app's handlers: the request never reaches a route.
+            await JSONResponse(refusal.body(), status_code=refusal.status_code,
+                               headers=refusal.headers)(scope, receive, send)
             return
         if body is None:
             return  # the client left while sending; nobody to answer

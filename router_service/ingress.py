@@ -1,4 +1,4 @@
-"""RouterIngress: the Serve ingress deployment (FastAPI, OpenAI-compatible).
+"""Ingress: the Serve ingress deployment (FastAPI, OpenAI-compatible).
 
 Runs in the ingress replica(s). It owns the base tokenizer (every role's prompt is built with
 the base chat template, so the shared context is a common token prefix) and the P/D pipeline
@@ -13,42 +13,40 @@ from typing import Any
 
 from ray import serve
 
-from router_service.api import RoleSpec, build_api
+from contract.config import AppConfig
+from contract.roles import ServedRole
+from router_service.api import build_api
 from router_service.guard import guard_from_config
 from router_service.metering import MeteredBackend, RequestMetricsMiddleware
 from router_service.metrics import IngressMetrics
-from router_service.pd_backend import PrefillShareBackend, RoleRoute, StageTimeouts
+from router_service.pd_backend import Pool, PrefillShareBackend, StageTimeouts
 from router_service.serve_clients import ServeDecodeClient, ServePrefillClient
 
 log = logging.getLogger(__name__)
 
+INGRESS_DEPLOYMENT = "ingress"
+
 
 @serve.ingress()
-class RouterIngress:
-    def __init__(self, app_config: dict[str, Any], roles: list[dict[str, Any]], base_model: str,
+class Ingress:
+    def __init__(self, app_config: dict[str, Any], roles: list[ServedRole], base_model: str,
                  max_model_len: int, prefill_handles: dict[str, Any],
                  decode_handles: dict[str, Any], block_sizes: dict[str, int]) -> None:
         from transformers import AutoTokenizer
 
-        from deployments.config import AppConfig
-
         self.config = AppConfig.model_validate(app_config)
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        prefill = {name: ServePrefillClient(h, block_sizes[name], name)
+        prefill = {name: Pool(ServePrefillClient(h, name), block_sizes[name])
                    for name, h in prefill_handles.items()}
-        decode = {name: ServeDecodeClient(h, block_sizes[name], name)
+        decode = {name: Pool(ServeDecodeClient(h, name), block_sizes[name])
                   for name, h in decode_handles.items()}
-        routes = {
-            r["role"]: RoleRoute(prefill[r["prefill_deployment"]], decode[r["decode_deployment"]],
-                                 r["lora_name"])
-            for r in roles
-        }
         t = self.config.timeouts
         self.backend = PrefillShareBackend(
-            routes, StageTimeouts(t.prefill_s, t.kv_pull_s, t.first_token_s, t.request_s),
+            roles, prefill, decode,
+            StageTimeouts(t.prefill_s, t.kv_pull_s, t.first_token_s, t.request_s),
             max_retries=self.config.routing.max_retries,
         )
-        self.roles = [RoleSpec(name=r["role"], instructions=r["instructions"]) for r in roles]
+        self.roles = roles
         self.max_model_len = max_model_len
         self.prefill_handles = prefill_handles
         self.decode_handles = decode_handles

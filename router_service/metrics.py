@@ -3,7 +3,7 @@ own, as ``ray_<name>``; counters get ``_total``). Runs in the ingress replica.
 
 Labels are the agent role (only configured role names, or "unknown"), the HTTP status and the
 ingress replica: never keys, prompts or anything else a client sends. The engine side's
-metrics are vllm_runtime/engine_metrics.py; routing decisions router_service/routing/metrics.py.
+metrics are vllm_runtime/engine_metrics.py; routing decisions routing/metrics.py.
 """
 
 from __future__ import annotations

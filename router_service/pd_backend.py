@@ -17,7 +17,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from router_service.backend import BackendError, GenerationDelta, GenerationRequest, SamplingSpec
+from contract.roles import ServedRole
+from contract.wire import (
+    DecodeEvent,
+    DecodeRequest,
+    ErrorCode,
+    GenerationDelta,
+    KvLoaded,
+    PrefillRequest,
+    PrefillResult,
+    ReleaseRequest,
+    RouteHints,
+    ServingError,
+)
+from routing.block_hashes import prompt_block_hashes
+from router_service.backend import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -26,33 +40,14 @@ class ReplicaGone(Exception):
     """The replica serving a call died or was removed: the call may be retried elsewhere."""
 
 
-# A decode client may yield a delta with no tokens and this stat once the request's KV is in
-# the decode engine: the pipeline then stops the KV pull clock and starts the first-token one.
-# It is consumed here, never sent to the API.
-KV_LOADED_STAT = "kv_loaded"
-KV_PULL_FAILED = "kv_pull_failed"  # BackendError.code of a failed pull (policy "fail")
-
-
 class PrefillClient(Protocol):
-    async def prefill(self, request_id: str, prompt_token_ids: list[int],
-                      session_id: str | None) -> Any: ...
+    async def prefill(self, request: PrefillRequest) -> PrefillResult: ...
 
 
 class DecodeClient(Protocol):
-    def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingSpec,
-                 kv_transfer_params: dict[str, Any], lora_name: str | None,
-                 session_id: str | None) -> AsyncIterator[GenerationDelta]: ...
+    def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]: ...
 
-    async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None: ...
-
-
-@dataclass(frozen=True)
-class RoleRoute:
-    """Where one role's requests go."""
-
-    prefill: PrefillClient
-    decode: DecodeClient
-    lora_name: str | None = None
+    async def release(self, request: ReleaseRequest) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,35 +60,45 @@ class StageTimeouts:
     request_s: float = 600.0
 
 
-# stage -> (what the message says, BackendError.code)
+# stage -> (what the message says, ServingError.code)
 STAGES = {
-    "prefill": ("prefill", "prefill_timeout"),
-    "kv_pull": ("KV pull", "kv_pull_timeout"),
-    "first_token": ("first decode token", "first_token_timeout"),
-    "request": ("request", "request_timeout"),
+    "prefill": ("prefill", ErrorCode.PREFILL_TIMEOUT),
+    "kv_pull": ("KV pull", ErrorCode.KV_PULL_TIMEOUT),
+    "first_token": ("first decode token", ErrorCode.FIRST_TOKEN_TIMEOUT),
+    "request": ("request", ErrorCode.REQUEST_TIMEOUT),
 }
 
 
-def stage_timeout(stage: str, limit_s: float) -> BackendError:
+def stage_timeout(stage: str, limit_s: float) -> ServingError:
     """504 naming the stage that ran out of time; retryable (the next try may be luckier)."""
     what, code = STAGES[stage]
-    return BackendError(f"{what} timed out after {limit_s:g}s; retry the request", 504,
+    return ServingError(f"{what} timed out after {limit_s:g}s; retry the request", 504,
                         "timeout", code=code)
 
 
+@dataclass(frozen=True)
+class Pool:
+    """A client of one engine deployment and the block size its request router hashes by."""
+
+    client: Any  # PrefillClient or DecodeClient
+    block_size: int
+
+
 class PrefillShareBackend:
-    def __init__(self, routes: dict[str, RoleRoute], timeouts: StageTimeouts,
-                 max_retries: int = 2) -> None:
-        self.routes = routes
+    def __init__(self, roles: list[ServedRole], prefill: dict[str, Pool],
+                 decode: dict[str, Pool], timeouts: StageTimeouts, max_retries: int = 2) -> None:
+        self.roles = {r.name: r for r in roles}
+        self.prefill = prefill
+        self.decode = decode
         self.timeouts = timeouts
         self.max_retries = max_retries
         self.retries = 0
         self.retries_by_reason: dict[str, int] = {}
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
-        route = self.routes.get(request.role)
-        if route is None:
-            raise BackendError(f"unknown role {request.role!r}", 404, "invalid_request_error", False)
+        role = self.roles.get(request.role)
+        if role is None:
+            raise ServingError(f"unknown role {request.role!r}", 404, retryable=False)
         deadline = time.monotonic() + self.timeouts.request_s
         for attempt in range(self.max_retries + 1):
             rid = request.request_id if attempt == 0 else f"{request.request_id}-r{attempt}"
@@ -101,7 +106,7 @@ class PrefillShareBackend:
             try:
                 # aclosing: when our consumer closes us early, the attempt (and its decode
                 # stream) closes now, not whenever the event loop finalizes the generator.
-                async with contextlib.aclosing(self._attempt(route, request, rid, deadline)) as it:
+                async with contextlib.aclosing(self._attempt(role, request, rid, deadline)) as it:
                     async for delta in it:
                         streamed = True
                         yield delta
@@ -109,66 +114,87 @@ class PrefillShareBackend:
             except ReplicaGone as exc:
                 # Once tokens reached the client a retry would repeat them: fail instead.
                 if streamed or attempt == self.max_retries:
-                    raise BackendError(f"serving replica lost: {exc}; retry the request", 503,
-                                       code="replica_lost") from exc
+                    raise ServingError(f"serving replica lost: {exc}; retry the request", 503,
+                                       code=ErrorCode.REPLICA_LOST) from exc
                 self._count_retry("replica_lost", rid, exc, attempt)
-            except BackendError as exc:
+            except ServingError as exc:
                 # A failed KV pull (policy "fail") left no token behind: prefill again.
-                if exc.code != KV_PULL_FAILED or streamed or attempt == self.max_retries:
+                if exc.code != ErrorCode.KV_PULL_FAILED or streamed or attempt == self.max_retries:
                     raise
-                self._count_retry(KV_PULL_FAILED, rid, exc, attempt)
+                self._count_retry(ErrorCode.KV_PULL_FAILED, rid, exc, attempt)
 
     def _count_retry(self, reason: str, rid: str, exc: BaseException, attempt: int) -> None:
         self.retries += 1
         self.retries_by_reason[reason] = self.retries_by_reason.get(reason, 0) + 1
         log.warning("request %s: %s (%s), retrying (%d)", rid, reason, exc, attempt + 1)
 
-    async def _attempt(self, route: RoleRoute, request: GenerationRequest, rid: str,
+    async def _attempt(self, role: ServedRole, request: GenerationRequest, rid: str,
                        deadline: float) -> AsyncIterator[GenerationDelta]:
         t0 = time.perf_counter()
-        prompt = list(request.prompt_token_ids)
+        prompt = tuple(request.prompt_token_ids)
+        prefill_pool = self.prefill[role.prefill_deployment]
+        decode_pool = self.decode[role.decode_deployment]
         clock = _StageClock(self.timeouts, deadline, "prefill")
         try:
-            prefill = await asyncio.wait_for(
-                route.prefill.prefill(rid, prompt, request.session_id), timeout=clock.left())
+            prefill = await asyncio.wait_for(prefill_pool.client.prefill(PrefillRequest(
+                rid, prompt, _route(request, prompt, prefill_pool, role.prefill_deployment))),
+                timeout=clock.left())
         except asyncio.TimeoutError as exc:
             raise clock.expired() from exc
         t_prefill = time.perf_counter()
         params = prefill.kv_transfer_params
-        stream = route.decode.generate(rid, prompt, request.sampling, params, route.lora_name,
-                                       request.session_id).__aiter__()
+        decode_request = DecodeRequest(
+            rid, prompt, request.sampling, params, role.lora_name,
+            _route(request, prompt, decode_pool, role.decode_deployment))
+        stream = decode_pool.client.generate(decode_request).__aiter__()
         first = True
         clock.enter("kv_pull")
         try:
             while True:
                 try:
-                    delta = await asyncio.wait_for(stream.__anext__(), timeout=clock.left())
+                    event: DecodeEvent = await asyncio.wait_for(stream.__anext__(),
+                                                                timeout=clock.left())
                 except StopAsyncIteration:
                     return
                 except asyncio.TimeoutError as exc:
                     raise clock.expired() from exc
-                if first and not delta.token_ids and delta.stats.get(KV_LOADED_STAT):
+                if isinstance(event, KvLoaded):
                     clock.enter("first_token")
                     continue
+                delta = event
                 if first:
                     clock.enter("request")
                     t_first = time.perf_counter()
                     first = False
                 if delta.finish_reason is not None:
-                    # cached_tokens in the API's usage: what the PREFILL pool's prefix cache
-                    # served, the number that says whether routing kept the session local.
-                    delta = dataclasses.replace(delta, num_cached_prompt_tokens=prefill.num_cached_tokens, stats={
-                        **delta.stats,
-                        "prefill_s": t_prefill - t0,
-                        "ttft_s": t_first - t0,
-                        "prefill_cached_tokens": float(prefill.num_cached_tokens),
-                    })
+                    delta = _with_prefill_stats(delta, prefill, t_prefill - t0, t_first - t0)
                 yield delta
         finally:
             await _close(stream)
             if first:
                 # Decode never produced a token: make sure the prefill blocks are not stranded.
-                await _release_quietly(route.decode, rid, params)
+                await _release_quietly(decode_pool.client, ReleaseRequest(f"{rid}-release", params))
+
+
+def _route(request: GenerationRequest, prompt: tuple[int, ...], pool: Pool,
+           namespace: str) -> RouteHints:
+    """The request router of each pool ranks replicas by which of these blocks they hold;
+    hashes are namespaced by deployment, as the engines' KV-event feeds are."""
+    return RouteHints(session_id=request.session_id,
+                      block_hashes=prompt_block_hashes(prompt, pool.block_size, namespace),
+                      num_tokens=len(prompt))
+
+
+def _with_prefill_stats(delta: GenerationDelta, prefill: PrefillResult, prefill_s: float,
+                        ttft_s: float) -> GenerationDelta:
+    # cached_tokens in the API's usage: what the PREFILL pool's prefix cache served, the number
+    # that says whether routing kept the session local.
+    return dataclasses.replace(delta, num_cached_prompt_tokens=prefill.num_cached_tokens, stats={
+        **delta.stats,
+        "prefill_s": prefill_s,
+        "ttft_s": ttft_s,
+        "prefill_cached_tokens": float(prefill.num_cached_tokens),
+    })
 
 
 class _StageClock:
@@ -189,7 +215,7 @@ class _StageClock:
     def left(self) -> float:
         return max(0.001, self.stage_end - time.monotonic())
 
-    def expired(self) -> BackendError:
+    def expired(self) -> ServingError:
         if self.stage != "request" and self.stage_end >= self.deadline:
             return stage_timeout("request", self.timeouts.request_s)
         return stage_timeout(self.stage, self.limit_s)
@@ -204,9 +230,9 @@ async def _close(stream: Any) -> None:
             pass
 
 
-async def _release_quietly(decode: DecodeClient, rid: str, params: dict[str, Any]) -> None:
+async def _release_quietly(decode: DecodeClient, release: ReleaseRequest) -> None:
+    # A fresh request id: the aborted decode request may still be known to the engine.
     try:
-        # A fresh id: the aborted decode request may still be known to the engine.
-        await asyncio.shield(decode.release(f"{rid}-release", params))
+        await asyncio.shield(decode.release(release))
     except Exception as exc:
-        log.debug("release of %s failed: %s (the lease will expire)", rid, exc)
+        log.debug("release of %s failed: %s (the lease will expire)", release.request_id, exc)

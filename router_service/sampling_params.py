@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from router_service.backend import SamplingSpec
-from router_service.errors import APIError, context_length_exceeded
+from contract.wire import SamplingSpec
+from contract.wire import ServingError
+from router_service.errors import context_length_exceeded
 from router_service.openai_schema import ChatCompletionRequest, CompletionRequest
 
 # Without a max_tokens, a request may run to the end of the window; cap it so that one client
@@ -22,7 +23,7 @@ def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: in
                        default_cap: int = DEFAULT_MAX_TOKENS_CAP,
                        prompt_param: str = "messages") -> int:
     if prompt_len == 0:
-        raise APIError("The prompt is empty after tokenization.", param=prompt_param)
+        raise ServingError("The prompt is empty after tokenization.", param=prompt_param)
     if prompt_len >= max_model_len:
         raise context_length_exceeded(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
@@ -47,7 +48,7 @@ def check_token_ids(ids: Sequence[int], vocab_size: int) -> None:
     """Raw token ids from a client must index the vocabulary, or the engine fails obscurely."""
     bad = [t for t in ids if not 0 <= t < vocab_size]
     if bad:
-        raise APIError(f"Token ids must be in [0, {vocab_size}); got {bad[:5]}.", param="prompt")
+        raise ServingError(f"Token ids must be in [0, {vocab_size}); got {bad[:5]}.", param="prompt")
 
 
 def chat_sampling(body: ChatCompletionRequest, max_tokens: int) -> SamplingSpec:

@@ -8,9 +8,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from router_service.backend import GenerationDelta, SamplingSpec
+from contract.wire import DecodeEvent, DecodeRequest, PrefillRequest, PrefillResult, ReleaseRequest
 from router_service.pd_backend import ReplicaGone
-from router_service.routing.block_hashes import prompt_block_hashes
 
 log = logging.getLogger(__name__)
 
@@ -40,50 +39,42 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 class ServePrefillClient:
-    def __init__(self, handle: Any, block_size: int, namespace: str) -> None:
+    def __init__(self, handle: Any, deployment: str) -> None:
         self.handle = handle
-        self.block_size = block_size
-        self.namespace = namespace
+        self.deployment = deployment
 
-    async def prefill(self, request_id: str, prompt_token_ids: list[int],
-                      session_id: str | None) -> Any:
-        h = self.handle.options(session_id=session_id) if session_id else self.handle
-        # The request router ranks replicas by which of these blocks they already hold.
-        hashes = prompt_block_hashes(prompt_token_ids, self.block_size, self.namespace)
+    async def prefill(self, request: PrefillRequest) -> PrefillResult:
+        session = request.route.session_id
+        h = self.handle.options(session_id=session) if session else self.handle
         try:
-            return await h.prefill.remote(request_id, prompt_token_ids, block_hashes=list(hashes))
+            return await h.prefill.remote(request)
         except Exception as exc:
             if _is_replica_loss(exc):
-                raise _replica_gone(self.namespace, exc) from exc
+                raise _replica_gone(self.deployment, exc) from exc
             raise _unwrap(exc) from None
 
 
 class ServeDecodeClient:
-    def __init__(self, handle: Any, block_size: int, namespace: str) -> None:
+    def __init__(self, handle: Any, deployment: str) -> None:
         self.handle = handle
-        self.block_size = block_size
-        self.namespace = namespace
+        self.deployment = deployment
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], sampling: SamplingSpec,
-                       kv_transfer_params: dict[str, Any], lora_name: str | None,
-                       session_id: str | None) -> AsyncIterator[GenerationDelta]:
+    async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]:
         h = self.handle.options(stream=True)
-        if session_id:
-            h = h.options(session_id=session_id)
-        hashes = prompt_block_hashes(prompt_token_ids, self.block_size, self.namespace)
-        gen = h.generate.remote(request_id, prompt_token_ids, sampling, kv_transfer_params,
-                                lora_name, block_hashes=list(hashes))
+        if request.route.session_id:
+            h = h.options(session_id=request.route.session_id)
+        gen = h.generate.remote(request)
         try:
-            async for delta in gen:
-                yield delta
+            async for event in gen:
+                yield event
         except Exception as exc:
             if _is_replica_loss(exc):
-                raise _replica_gone(self.namespace, exc) from exc
+                raise _replica_gone(self.deployment, exc) from exc
             raise _unwrap(exc) from None
         finally:
             # Leaving early (client gone, timeout) cancels the call in the decode replica,
             # whose engine then aborts the request and frees its blocks.
             gen.cancel()
 
-    async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
-        await self.handle.release.remote(request_id, kv_transfer_params)
+    async def release(self, request: ReleaseRequest) -> None:
+        await self.handle.release.remote(request)

@@ -19,14 +19,15 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from router_service.api import RoleSpec, build_api
-from router_service.fake_backend import FakeBackend
+from contract.roles import ServedRole
+from router_service.api import build_api
+from bench.fake_backend import FakeBackend
 
 MAX_MODEL_LEN = 512
 API_ROLES = [
-    RoleSpec("planner", "You are the planner. Break the task into steps."),
-    RoleSpec("coder", "You are the coder. Write the code."),
-    RoleSpec("critic", None),
+    ServedRole("planner", "You are the planner. Break the task into steps."),
+    ServedRole("coder", "You are the coder. Write the code."),
+    ServedRole("critic", None),
 ]
 
 
@@ -39,7 +40,7 @@ def smollm2_tokenizer() -> Any:
     """
     from transformers import PreTrainedTokenizerFast
 
-    from deployments.model_assets import smollm2_folder
+    from vllm_runtime.model_assets import smollm2_folder
 
     return PreTrainedTokenizerFast.from_pretrained(smollm2_folder())
 

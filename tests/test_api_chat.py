@@ -15,7 +15,7 @@ from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     sse_payloads,
 )
 
-from router_service.fake_backend import FakeBackend, fake_tokens
+from bench.fake_backend import FakeBackend, fake_tokens
 from router_service.prompt_builder import PromptBuilder, Turn
 
 

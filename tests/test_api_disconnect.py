@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.api_fixtures import chat_body, make_app
 
-from router_service.fake_backend import FakeBackend
+from bench.fake_backend import FakeBackend
 
 
 def _scope(path: str, spec_version: str) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     make_app,
 )
 
-from router_service.backend import BackendError
-from router_service.fake_backend import FakeBackend
+from contract.wire import ServingError
+from bench.fake_backend import FakeBackend
 
 
 async def test_unknown_role_is_404(api_client: Any) -> None:
@@ -135,7 +135,7 @@ async def test_max_tokens_past_context_is_400(api_client: Any, api_backend: Fake
 
 async def test_backend_error_keeps_its_status() -> None:
     backend = FakeBackend()
-    backend.fail_with = BackendError("no decode replica for role planner", status_code=503)
+    backend.fail_with = ServingError("no decode replica for role planner", status_code=503)
     app, _ = make_app(backend)
     async with http_client(app) as client:
         for stream in (False, True):
@@ -149,7 +149,7 @@ async def test_backend_error_keeps_its_status() -> None:
 async def test_backend_error_mid_stream_becomes_error_event() -> None:
     backend = FakeBackend()
     backend.fail_after_deltas = 2
-    backend.fail_with = BackendError("decode replica died", status_code=502)
+    backend.fail_with = ServingError("decode replica died", status_code=502)
     app, _ = make_app(backend)
     async with http_client(app) as client:
         resp = await client.post("/v1/chat/completions",

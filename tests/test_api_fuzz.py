@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.api_fixtures import make_app, served_on_loopback
 
 from router_service.auth import KeySources, make_key
-from router_service.fake_backend import FakeBackend
+from bench.fake_backend import FakeBackend
 from router_service.guard import RequestGuard
 
 KEY = "sk-fuzz-0123456789abcdef"

@@ -12,10 +12,10 @@ import httpx
 import pytest
 from tests.api_fixtures import assert_openai_error, chat_body, http_client, make_app
 
-from deployments.config import AppConfig
+from contract.config import AppConfig
 from router_service.auth import KeyConfigError, KeySources, make_key
-from router_service.backend import BackendError
-from router_service.fake_backend import FakeBackend
+from contract.wire import ServingError
+from bench.fake_backend import FakeBackend
 from router_service.guard import RequestGuard, guard_from_config
 from router_service.rate_limit import RateLimiter
 
@@ -255,7 +255,7 @@ async def test_keys_and_prompts_never_reach_the_logs(caplog: pytest.LogCaptureFi
                           headers=bearer(ADMIN[:-1] + "X"))
         await client.post("/v1/chat/completions", headers=h,
                           json=chat_body(secret_prompt, model="planner", temperature="hot"))
-        backend.fail_with = BackendError("no decode replica is alive")
+        backend.fail_with = ServingError("no decode replica is alive", 503)
         resp = await client.post("/v1/chat/completions", headers=h,
                                  json=chat_body(secret_prompt, model="planner"))
         assert resp.status_code == 503

@@ -21,12 +21,12 @@ from bench.metrics import (
 from bench.records import CallRecord, RunResult, StatsSample
 from bench.run import bookkeeping_problems, main, smoke_workload
 from bench.workload import Workload, arrival_times, session_steps
-from router_service.api import RoleSpec
-from router_service.fake_backend import FakeBackend
+from contract.roles import ServedRole
+from bench.fake_backend import FakeBackend
 from tests.api_fixtures import make_app, served_on_loopback
 
-ROLES = [RoleSpec("planner", "You are the planner."), RoleSpec("coder", "You write code."),
-         RoleSpec("tool_caller", None), RoleSpec("critic", "You criticize.")]
+ROLES = [ServedRole("planner", "You are the planner."), ServedRole("coder", "You write code."),
+         ServedRole("tool_caller", None), ServedRole("critic", "You criticize.")]
 BLOCK = 16
 
 

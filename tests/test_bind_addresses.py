@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from deployments.config import EngineOptions
+from contract.config import EngineOptions
 from vllm_runtime import replica_env
 from vllm_runtime.engine_args import EngineSpec, engine_kwargs
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from deployments.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, build_parser, main
-from deployments.model_assets import cache_dir, tiny_llama_folder
+from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
 from deployments.serve_config import IMPORT_PATH, load_serve_file
 from vllm_runtime.replica_env import free_port
 
@@ -79,7 +79,7 @@ def test_no_matching_application(tmp_path):
 
 
 def test_invalid_args_name_the_field(tmp_path):
-    from deployments.app import ConfigError
+    from contract.config import ConfigError
 
     path = _serve_file(tmp_path / "c.yaml", {"roles": [{"name": "a", "colour": "red"}]})
     with pytest.raises(ConfigError, match=r"roles\.0\.colour: Extra inputs"):

@@ -1,4 +1,4 @@
-"""The app config schema (deployments/config.py) and the builder's load_config (deployments/app.py)."""
+"""The app config schema (contract/config.py) and load_config."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from deployments.config import SHARED_PREFILL_POOL, AppConfig, format_validation_error
+from contract.config import SHARED_PREFILL_POOL, AppConfig, format_validation_error
 
 
 def _cfg(**over: Any) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def test_config_is_frozen():
 
 
 def test_load_config_raises_one_config_error_naming_the_field():
-    from deployments.app import ConfigError, load_config
+    from contract.config import ConfigError, load_config
 
     with pytest.raises(ConfigError) as info:
         load_config(_cfg(routing={"load_bound": 0.5}))
@@ -145,7 +145,7 @@ def test_load_config_raises_one_config_error_naming_the_field():
 
 
 def test_load_config_accepts_dicts_and_configs():
-    from deployments.app import load_config
+    from contract.config import load_config
 
     cfg = load_config(_cfg())
     assert load_config(cfg) is cfg

@@ -10,7 +10,7 @@ from observability.panels import ROWS, all_queries
 from router_service import metrics as ingress_metrics
 from vllm_runtime import engine_metrics
 
-ROUTING_DECISIONS = "prefillshare_routing_decisions"  # router_service/routing/metrics.py
+ROUTING_DECISIONS = "prefillshare_routing_decisions"  # routing/metrics.py
 
 
 def test_every_prefillshare_metric_in_a_query_is_defined():
@@ -29,7 +29,7 @@ def test_every_prefillshare_metric_in_a_query_is_defined():
 def test_source_file_check_of_routing_metric_name():
     from pathlib import Path
 
-    source = Path(__file__).resolve().parents[1] / "router_service/routing/metrics.py"
+    source = Path(__file__).resolve().parents[1] / "routing/metrics.py"
     assert f'"{ROUTING_DECISIONS}"' in source.read_text()
 
 

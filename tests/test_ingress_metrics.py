@@ -7,8 +7,8 @@ from typing import Any
 
 from tests.api_fixtures import chat_body, http_client, make_app, sse_payloads
 
-from router_service.backend import BackendError
-from router_service.fake_backend import FakeBackend
+from contract.wire import ServingError
+from bench.fake_backend import FakeBackend
 from router_service.metering import MeteredBackend, RequestMetricsMiddleware
 
 
@@ -82,7 +82,7 @@ async def test_errors_are_counted_by_status_and_unknown_roles_never_become_label
     async with http_client(app) as client:
         missing = await client.post("/v1/chat/completions", json=chat_body(model="attacker-$KEY"))
         bad = await client.post("/v1/chat/completions", json={"model": "critic", "messages": 3})
-        fake.fail_with = BackendError("no replica", 503)
+        fake.fail_with = ServingError("no replica", 503)
         failed = await client.post("/v1/chat/completions", json=chat_body(model="critic"))
         models = await client.get("/v1/models")
     assert (missing.status_code, bad.status_code, failed.status_code, models.status_code) == (
@@ -97,7 +97,7 @@ async def test_errors_are_counted_by_status_and_unknown_roles_never_become_label
 
 async def test_a_stream_that_fails_midway_leaves_nothing_in_flight() -> None:
     fake = FakeBackend()
-    fake.fail_with, fake.fail_after_deltas = BackendError("decode replica lost", 503), 2
+    fake.fail_with, fake.fail_after_deltas = ServingError("decode replica lost", 503), 2
     app, sink = metered_app(fake)
     async with http_client(app) as client:
         resp = await client.post("/v1/completions", json={"model": "planner", "prompt": "hi",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.config import AppConfig
+from contract.config import AppConfig
 from deployments.k8s.cluster import ClusterConfig, pool_resource
 from deployments.k8s.placement import group_plans, place
 from deployments.k8s.render import differences, main, render_paths

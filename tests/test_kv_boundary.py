@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from deployments.model_assets import tiny_llama_folder
+from vllm_runtime.model_assets import tiny_llama_folder
 from training.kv_boundary import (
     base_prefix_cache,
     clone_cache,

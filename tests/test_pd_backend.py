@@ -11,15 +11,19 @@ from typing import Any
 
 import pytest
 
-from router_service.backend import BackendError, GenerationDelta, GenerationRequest, SamplingSpec
-from router_service.pd_backend import (
-    KV_LOADED_STAT,
-    KV_PULL_FAILED,
-    PrefillShareBackend,
-    ReplicaGone,
-    RoleRoute,
-    StageTimeouts,
+from contract.roles import ServedRole
+from contract.wire import (
+    DecodeRequest,
+    ErrorCode,
+    GenerationDelta,
+    KvLoaded,
+    PrefillRequest,
+    ReleaseRequest,
+    SamplingSpec,
+    ServingError,
 )
+from router_service.backend import GenerationRequest
+from router_service.pd_backend import Pool, PrefillShareBackend, ReplicaGone, StageTimeouts
 
 FAST = StageTimeouts(prefill_s=0.05, kv_pull_s=0.05, first_token_s=0.05, request_s=5.0)
 SAMPLING = SamplingSpec(max_tokens=3)
@@ -33,9 +37,9 @@ class FakePrefill:
     outcomes: list[Any] = field(default_factory=list)
     calls: list[tuple[str, list[int], str | None]] = field(default_factory=list)
 
-    async def prefill(self, request_id: str, prompt_token_ids: list[int],
-                      session_id: str | None) -> Any:
-        self.calls.append((request_id, prompt_token_ids, session_id))
+    async def prefill(self, request: PrefillRequest) -> Any:
+        request_id = request.request_id
+        self.calls.append((request_id, list(request.prompt_token_ids), request.route.session_id))
         outcome = self.outcomes.pop(0) if self.outcomes else "ok"
         if outcome == "slow":
             await asyncio.sleep(SLOW)
@@ -63,13 +67,11 @@ class FakeDecode:
     released: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     release_error: Exception | None = None
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int],
-                       sampling: SamplingSpec, kv_transfer_params: dict[str, Any],
-                       lora_name: str | None, session_id: str | None
-                       ) -> AsyncIterator[GenerationDelta]:
-        self.calls.append({"rid": request_id, "prompt": prompt_token_ids, "sampling": sampling,
-                           "params": kv_transfer_params, "lora": lora_name,
-                           "session": session_id})
+    async def generate(self, request: DecodeRequest) -> AsyncIterator[GenerationDelta]:
+        request_id = request.request_id
+        self.calls.append({"rid": request_id, "prompt": list(request.prompt_token_ids),
+                           "sampling": request.sampling, "params": request.kv_transfer_params,
+                           "lora": request.lora_name, "session": request.route.session_id})
         script = self.scripts.pop(0) if self.scripts else _tokens(3)
         try:
             for step in script:
@@ -82,16 +84,19 @@ class FakeDecode:
         finally:
             self.closed.append(request_id)
 
-    async def release(self, request_id: str, kv_transfer_params: dict[str, Any]) -> None:
-        self.released.append((request_id, kv_transfer_params))
+    async def release(self, request: ReleaseRequest) -> None:
+        self.released.append((request.request_id, request.kv_transfer_params))
         if self.release_error is not None:
             raise self.release_error
 
 
 def _backend(prefill: FakePrefill, decode: FakeDecode, timeouts: StageTimeouts = FAST,
-             max_retries: int = 2, lora_name: str | None = None) -> PrefillShareBackend:
-    return PrefillShareBackend({"coder": RoleRoute(prefill, decode, lora_name)}, timeouts,
-                               max_retries)
+             max_retries: int = 2, lora_name: str | None = None,
+             role: str = "coder") -> PrefillShareBackend:
+    """The pipeline for one role on one prefill and one decode pool."""
+    served = ServedRole(role, None, "prefill-shared", f"decode-{role}", lora_name)
+    return PrefillShareBackend([served], {"prefill-shared": Pool(prefill, 16)},
+                               {f"decode-{role}": Pool(decode, 16)}, timeouts, max_retries)
 
 
 def _request(role: str = "coder") -> GenerationRequest:
@@ -156,7 +161,7 @@ async def test_replica_lost_after_tokens_streamed_is_not_retried():
     decode = FakeDecode([[*_tokens(2, finish="length")[:1], ReplicaGone("gone mid-stream")]])
     backend = _backend(prefill, decode)
     got: list[GenerationDelta] = []
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(backend, _request(), got)
 
     assert info.value.status_code == 503
@@ -171,7 +176,7 @@ async def test_retries_exhausted():
     prefill = FakePrefill([ReplicaGone("x"), ReplicaGone("y"), ReplicaGone("z")])
     decode = FakeDecode()
     backend = _backend(prefill, decode, max_retries=2)
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(backend, _request())
 
     assert info.value.status_code == 503 and info.value.code == "replica_lost"
@@ -184,14 +189,14 @@ async def test_retries_exhausted():
 async def test_no_retries_configured():
     prefill, decode = FakePrefill([ReplicaGone("x")]), FakeDecode()
     backend = _backend(prefill, decode, max_retries=0)
-    with pytest.raises(BackendError, match="serving replica lost"):
+    with pytest.raises(ServingError, match="serving replica lost"):
         await _collect(backend, _request())
     assert len(prefill.calls) == 1 and backend.retries == 0
 
 
 async def test_prefill_timeout():
     prefill, decode = FakePrefill(["slow"]), FakeDecode()
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(_backend(prefill, decode), _request())
 
     assert info.value.status_code == 504
@@ -202,13 +207,13 @@ async def test_prefill_timeout():
     assert len(prefill.calls) == 1  # a timeout is not a lost replica: no retry
 
 
-KV_LOADED = GenerationDelta(text="", token_ids=(), stats={KV_LOADED_STAT: 1.0})
+KV_LOADED = KvLoaded()
 
 
 async def test_kv_pull_timeout_names_the_pull_and_releases_prefill_blocks():
     prefill, decode = FakePrefill(), FakeDecode([["slow"]])
     timeouts = StageTimeouts(prefill_s=1.0, kv_pull_s=0.05, first_token_s=1.0, request_s=5.0)
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(_backend(prefill, decode, timeouts), _request())
 
     assert info.value.status_code == 504
@@ -222,7 +227,7 @@ async def test_first_token_timeout_runs_from_the_kv_loaded_marker():
     # The KV is in at once; the first token then never comes within first_token_s.
     decode = FakeDecode([[KV_LOADED, "slow"]])
     timeouts = StageTimeouts(prefill_s=1.0, kv_pull_s=1.0, first_token_s=0.05, request_s=5.0)
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(_backend(FakePrefill(), decode, timeouts), _request())
 
     assert info.value.code == "first_token_timeout"
@@ -238,14 +243,14 @@ async def test_kv_loaded_marker_is_not_passed_to_the_client():
 
 async def test_a_stage_cut_short_by_the_request_deadline_is_named_request():
     timeouts = StageTimeouts(prefill_s=5.0, kv_pull_s=5.0, first_token_s=5.0, request_s=0.05)
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(_backend(FakePrefill(["slow"]), FakeDecode(), timeouts), _request())
     assert info.value.code == "request_timeout"
     assert str(info.value).startswith("request timed out after 0.05s")
 
 
-def _kv_pull_failed() -> BackendError:
-    return BackendError("KV transfer from the prefill pool failed; retry", 503, code=KV_PULL_FAILED)
+def _kv_pull_failed() -> ServingError:
+    return ServingError("KV transfer from the prefill pool failed; retry", 503, code=ErrorCode.KV_PULL_FAILED)
 
 
 async def test_failed_kv_pull_releases_and_retries_with_a_fresh_prefill():
@@ -257,22 +262,22 @@ async def test_failed_kv_pull_releases_and_retries_with_a_fresh_prefill():
     assert [d.text for d in deltas] == ["t0", "t1"]
     assert [c[0] for c in prefill.calls] == ["req", "req-r1"]
     assert decode.released == [("req-release", {"remote_request_id": "req"})]
-    assert backend.retries_by_reason == {KV_PULL_FAILED: 1}
+    assert backend.retries_by_reason == {ErrorCode.KV_PULL_FAILED: 1}
 
 
 async def test_failed_kv_pulls_exhaust_retries_with_a_503_naming_the_pull():
     decode = FakeDecode([[_kv_pull_failed()], [_kv_pull_failed()]])
     backend = _backend(FakePrefill(), decode, max_retries=1)
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(backend, _request())
-    assert info.value.status_code == 503 and info.value.code == KV_PULL_FAILED
+    assert info.value.status_code == 503 and info.value.code == ErrorCode.KV_PULL_FAILED
     assert len(decode.released) == 2 and backend.retries == 1
 
 
 async def test_other_backend_errors_are_not_retried():
-    decode = FakeDecode([[BackendError("adapter missing", 500, retryable=False)]])
+    decode = FakeDecode([[ServingError("adapter missing", 500, retryable=False)]])
     backend = _backend(FakePrefill(), decode)
-    with pytest.raises(BackendError, match="adapter missing"):
+    with pytest.raises(ServingError, match="adapter missing"):
         await _collect(backend, _request())
     assert len(decode.calls) == 1 and backend.retries == 0
 
@@ -281,7 +286,7 @@ async def test_request_deadline_after_the_first_token():
     timeouts = StageTimeouts(prefill_s=1.0, kv_pull_s=1.0, first_token_s=1.0, request_s=0.1)
     decode = FakeDecode([[*_tokens(2)[:1], "slow"]])
     got: list[GenerationDelta] = []
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(_backend(FakePrefill(), decode, timeouts), _request(), got)
 
     assert info.value.status_code == 504
@@ -301,7 +306,7 @@ async def test_decode_failing_before_any_token_releases_prefill_blocks():
 
 async def test_a_failing_release_does_not_hide_the_original_error():
     decode = FakeDecode([["slow"]], release_error=RuntimeError("release failed"))
-    with pytest.raises(BackendError, match="KV pull timed out"):
+    with pytest.raises(ServingError, match="KV pull timed out"):
         await _collect(_backend(FakePrefill(), decode), _request())
     assert [r[0] for r in decode.released] == ["req-release"]
 
@@ -319,7 +324,7 @@ async def test_consumer_closing_early_closes_the_decode_stream():
 
 async def test_unknown_role_is_404():
     prefill, decode = FakePrefill(), FakeDecode()
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ServingError) as info:
         await _collect(_backend(prefill, decode), _request(role="painter"))
 
     assert info.value.status_code == 404

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from deployments.config import AppConfig
+from contract.config import AppConfig
 from deployments.kv_compat import KvIncompatible
-from deployments.model_assets import cache_dir, tiny_llama_folder
+from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
 from deployments.plan import make_plan
 
 
@@ -56,7 +56,7 @@ def test_shared_prefill_pool_feeds_every_role(models):
         assert d.spec.enforce_handshake_compat is True  # same checkpoint: vLLM's own check holds
         assert d.spec.lora is None and d.lora_adapters == {}
 
-    routes = [(r.role, r.prefill_deployment, r.decode_deployment, r.lora_name, r.instructions)
+    routes = [(r.name, r.prefill_deployment, r.decode_deployment, r.lora_name, r.instructions)
               for r in plan.roles]
     assert routes == [("planner", "prefill-shared", "decode-planner", None, "plan it"),
                       ("coder", "prefill-shared", "decode-coder", None, None)]
@@ -106,7 +106,7 @@ def test_baseline_topology_gives_each_role_its_own_prefill_pool(models):
     assert [(p.name, p.spec.model) for p in plan.prefill] == [
         ("prefill-planner", models["a"]), ("prefill-coder", models["b"])]
     assert all(p.spec.side == "producer" for p in plan.prefill)
-    assert {r.role: r.prefill_deployment for r in plan.roles} == {
+    assert {r.name: r.prefill_deployment for r in plan.roles} == {
         "planner": "prefill-planner", "coder": "prefill-coder"}
     # Each decoder reads KV of its own checkpoint: the handshake check stays on.
     assert [d.spec.enforce_handshake_compat for d in plan.decode] == [True, True]
@@ -131,7 +131,7 @@ def test_lora_roles_share_one_decode_pool(models, tmp_path):
     assert lora.spec.engine_id == "decode-lora"
     assert lora.spec.enforce_handshake_compat is True
     # Roles keep the config's order, LoRA roles named after themselves.
-    routes = [(r.role, r.decode_deployment, r.lora_name, r.instructions) for r in plan.roles]
+    routes = [(r.name, r.decode_deployment, r.lora_name, r.instructions) for r in plan.roles]
     assert routes == [("planner", "decode-lora", "planner", None),
                       ("coder", "decode-coder", None, None),
                       ("critic", "decode-lora", "critic", "be critical")]

@@ -12,7 +12,8 @@ from bench.records import CallRecord, RunResult
 from bench.replicas import Replica, by_deployment, parse_replica_name
 from bench.soak_report import markdown, memory_growth, windows
 from bench.soak_report import problems as soak_problems
-from router_service.routing.serve_router import pinned_replica
+from contract.wire import PrefillRequest, ReplicaProbe, RouteHints
+from routing.serve_router import route_hints_of
 
 
 def _call(start: float, end: float, status: int | None = 200, error: str | None = None,
@@ -83,15 +84,19 @@ def test_replica_names():
     assert r == Replica("ps-e2e", "decode-planner", "abc123") and r.is_engine
     assert r.actor_name == "SERVE_REPLICA::ps-e2e#decode-planner#abc123"
     assert parse_replica_name("SERVE_CONTROLLER_ACTOR") is None
-    assert not Replica("ps-e2e", "router", "x").is_engine
+    assert not Replica("ps-e2e", "ingress", "x").is_engine
     assert by_deployment([r, Replica("ps-e2e", "decode-planner", "z")]) == {
         "decode-planner": ["abc123", "z"]}
 
 
 def test_router_pins_probe_calls_only():
-    assert pinned_replica(SimpleNamespace(kwargs={"target_replica": "abc"})) == "abc"
-    assert pinned_replica(SimpleNamespace(kwargs={"block_hashes": [1]})) is None
-    assert pinned_replica(None) is None
+    def pending(*args):
+        return SimpleNamespace(args=args, kwargs={})
+
+    assert route_hints_of(pending(ReplicaProbe.of("abc"))).target_replica == "abc"
+    hinted = PrefillRequest("r", (1, 2), RouteHints(block_hashes=(1,)))
+    assert route_hints_of(pending(hinted)).target_replica is None
+    assert route_hints_of(None).target_replica is None
 
 
 def test_windows_group_calls_by_end_time():

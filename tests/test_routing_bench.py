@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from bench.routing_policies import POLICIES, app_args, main, report, spread, workloads
-from deployments.config import AppConfig
+from contract.routing_policies import ROUTING_POLICIES
+from bench.routing_policies import app_args, main, report, spread, workloads
+from contract.config import AppConfig
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", list(ROUTING_POLICIES))
 def test_app_args_validate_for_every_policy(policy: str) -> None:
     cfg = AppConfig.model_validate(app_args(policy, "smollm2", 2, {"block_size": 128}, kv_events=True))
     assert cfg.routing.prefill_policy == policy and cfg.routing.kv_events

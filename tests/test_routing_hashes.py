@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from router_service.routing.block_hashes import extend_block_hashes, prompt_block_hashes
-from router_service.routing.kv_events import KvEventTranslator
-from router_service.routing.prefix_index import PrefixIndex
+from routing.block_hashes import extend_block_hashes, prompt_block_hashes
+from routing.kv_events import KvEventTranslator
+from routing.prefix_index import PrefixIndex
 
 BS = 4
 
@@ -42,7 +42,7 @@ def test_extend_equals_full_and_validates() -> None:
 
 
 def test_deterministic_across_processes() -> None:
-    code = ("from router_service.routing.block_hashes import prompt_block_hashes;"
+    code = ("from routing.block_hashes import prompt_block_hashes;"
             "print(prompt_block_hashes(list(range(20)), 4, 'm'))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": seed}, check=True).stdout for seed in ("1", "2")}

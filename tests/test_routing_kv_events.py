@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from router_service.routing.block_hashes import prompt_block_hashes
-from router_service.routing.interface import ReplicaLoad, RouteRequest
-from router_service.routing.kv_event_feed import KvEventFeed, KvEventState
-from router_service.routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
-from router_service.routing.prefix_index import PrefixIndex
-from router_service.routing.rendezvous import rendezvous_order
-from router_service.routing.serve_router import PrefixLocalityRequestRouter
+from routing.block_hashes import prompt_block_hashes
+from routing.interface import ReplicaLoad, RouteRequest
+from prefill_service.kv_event_feed import KvEventFeed, KvEventState
+from routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
+from routing.prefix_index import PrefixIndex
+from routing.rendezvous import rendezvous_order
+from routing.serve_router import PrefixLocalityRequestRouter
 
 kv = pytest.importorskip("vllm.distributed.kv_events")
 

@@ -10,8 +10,8 @@ import random
 import subprocess
 import sys
 
-from router_service.routing import PrefixLocalityPolicy, ReplicaLoad, RouteRequest, RoutingPolicyConfig
-from router_service.routing.block_hashes import extend_block_hashes
+from routing import PrefixLocalityPolicy, ReplicaLoad, RouteRequest, RoutingPolicyConfig
+from routing.block_hashes import extend_block_hashes
 
 BS = 16
 REPLICAS = ["replica-a", "replica-b", "replica-c"]
@@ -73,7 +73,7 @@ def test_after_a_death_every_router_moves_the_session_to_the_same_replica() -> N
 
 def test_home_does_not_depend_on_the_process_hash_seed() -> None:
     """Ingress replicas are separate processes with separate PYTHONHASHSEEDs."""
-    code = ("import json; from router_service.routing.policy import PrefixLocalityPolicy as P; "
+    code = ("import json; from routing.policy import PrefixLocalityPolicy as P; "
             f"print(json.dumps([P().home(f's{{i}}', {REPLICAS!r}) for i in range(64)]))")
     homes = []
     for seed in ("1", "2"):

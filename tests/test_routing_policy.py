@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router_service.routing import (
+from routing import (
     LeastLoadedPolicy,
     PowerOfTwoPolicy,
     PrefixAffinityPolicy,

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from router_service.routing.scenarios import policies, scenarios
-from router_service.routing.simulate import main
-from router_service.routing.simulation import ClusterEvent, Scenario, Simulation, simulate
-from router_service.routing.workload import make_sessions
+from bench.routing_sim.scenarios import policies, scenarios
+from bench.routing_sim.simulate import main
+from bench.routing_sim.simulation import ClusterEvent, Scenario, Simulation, simulate
+from bench.routing_sim.workload import make_sessions
 
 DURATION = 40.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from ray.exceptions import ActorUnavailableError
 
+from contract.wire import PrefillRequest
 from router_service.pd_backend import ReplicaGone
 from router_service.serve_clients import ServePrefillClient
 
@@ -25,9 +26,9 @@ class _DeadHandle:
 
 
 async def test_replica_loss_message_names_the_pool_only():
-    client = ServePrefillClient(_DeadHandle(), block_size=16, namespace="prefill-shared")
+    client = ServePrefillClient(_DeadHandle(), "prefill-shared")
     with pytest.raises(ReplicaGone) as info:
-        await client.prefill("r1", list(range(40)), session_id=None)
+        await client.prefill(PrefillRequest("r1", tuple(range(40))))
     assert str(info.value) == "a prefill-shared replica died"
     assert "10.1.2.3" not in str(info.value)
     assert RAY_TEXT in str(info.value.__cause__)  # kept for the log

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 from tests.api_fixtures import assert_openai_error, chat_body, http_client, make_app
-from tests.test_pd_backend import KV_LOADED, FakeDecode, FakePrefill, _kv_pull_failed
+from tests.test_pd_backend import KV_LOADED, FakeDecode, FakePrefill, _backend, _kv_pull_failed
 
-from router_service.pd_backend import PrefillShareBackend, ReplicaGone, RoleRoute, StageTimeouts
+from router_service.pd_backend import ReplicaGone, StageTimeouts
 
 SHORT = 0.05
 LONG = 5.0
@@ -38,7 +38,7 @@ MESSAGES = {"prefill": "prefill timed out", "kv_pull": "KV pull timed out",
 async def test_each_stage_times_out_with_its_own_504(stage: str, stream: bool) -> None:
     outcomes, scripts = CASES[stage]
     prefill, decode = FakePrefill(list(outcomes)), FakeDecode([list(s) for s in scripts])
-    backend = PrefillShareBackend({"planner": RoleRoute(prefill, decode)}, _timeouts(stage))
+    backend = _backend(prefill, decode, _timeouts(stage), role="planner")
     app, _ = make_app(backend)  # type: ignore[arg-type]
     async with http_client(app) as client:
         resp = await client.post("/v1/chat/completions",
@@ -58,8 +58,8 @@ async def test_exhausted_retries_answer_503_with_the_cause(failure, code) -> Non
         prefill, decode = FakePrefill([failure() for _ in range(3)]), FakeDecode()
     else:
         prefill, decode = FakePrefill(), FakeDecode([[failure()] for _ in range(3)])
-    backend = PrefillShareBackend({"planner": RoleRoute(prefill, decode)},
-                                  StageTimeouts(LONG, LONG, LONG, LONG), max_retries=2)
+    backend = _backend(prefill, decode, StageTimeouts(LONG, LONG, LONG, LONG), max_retries=2,
+                       role="planner")
     app, _ = make_app(backend)  # type: ignore[arg-type]
     async with http_client(app) as client:
         resp = await client.post("/v1/chat/completions", json=chat_body(model="planner"))

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from deployments.model_assets import tiny_llama_folder
+from vllm_runtime.model_assets import tiny_llama_folder
 from training.__main__ import main
 from training.config import TaskConfig, TrainConfig
 from training.models import IDENTITY_FILE, model_identity
@@ -26,7 +26,7 @@ torch.set_num_threads(1)  # the box is shared
 def local_ray():
     import ray
 
-    from deployments.ray_local import keep_ray_on_loopback
+    from vllm_runtime.ray_local import keep_ray_on_loopback
 
     # Short path: Ray's unix sockets live under the temp dir (~107-char limit).
     temp = tempfile.mkdtemp(prefix="psr", dir="/tmp")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from deployments.model_assets import tiny_llama_folder
+from vllm_runtime.model_assets import tiny_llama_folder
 from training import scoring
 from training.evaluate import Score, wilson_interval
 from training.generation import greedy_generate

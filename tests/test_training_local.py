@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from deployments.model_assets import tiny_llama_folder
+from vllm_runtime.model_assets import tiny_llama_folder
 from training.__main__ import main
 from training.models import IDENTITY_FILE, model_identity
 

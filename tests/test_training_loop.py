@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.model_assets import tiny_llama_folder
+from vllm_runtime.model_assets import tiny_llama_folder
 from training.config import TaskConfig, TrainConfig
 from training.data import global_batch, tokenize_examples, worker_micro_batches
 from training.loop import LocalCheckpointStore, lr_multiplier, train_decoder

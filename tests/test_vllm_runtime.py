@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from deployments.config import EngineOptions
+from contract.config import EngineOptions
 from vllm_runtime import nixl_tuning
 from vllm_runtime.engine_args import EngineSpec, engine_kwargs, cpu_has_fast_bf16, resolve_dtype
 from vllm_runtime.engine_stats import EngineCounters

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from deployments.model_assets import resolve_model
+from vllm_runtime.model_assets import resolve_model
 from training.config import DecoderRef, LoraConfig, Mode
 
 log = logging.getLogger(__name__)

@@ -87,8 +87,8 @@ def run_training(cfg: TrainConfig, ray_temp_dir: str | None = None, max_failures
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS", "local")
         local = {}
-        if address == "local":  # a Ray of our own: loopback only (deployments/ray_local.py)
-            from deployments.ray_local import keep_ray_on_loopback
+        if address == "local":  # a Ray of our own: loopback only (vllm_runtime/ray_local.py)
+            from vllm_runtime.ray_local import keep_ray_on_loopback
 
             keep_ray_on_loopback()
             local = {"_node_ip_address": "127.0.0.1"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from deployments.config import EngineOptions
+from contract.config import EngineOptions
 
 KvSide = Literal["producer", "consumer"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from contract.wire import ReplicaProbe
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_host import EngineHost
 from vllm_runtime.engine_metrics import EngineMetrics
@@ -28,12 +29,12 @@ class EngineServer:
                                  on_stats=self.metrics.publish)
         self.inflight = 0
 
-    async def all_blocks_free(self, target_replica: str | None = None) -> bool:
-        """``target_replica`` (a Serve replica id) is read by the request router: probes of
-        every replica (bench/replicas.py) pin each call to one replica."""
+    async def all_blocks_free(self, probe: ReplicaProbe = ReplicaProbe()) -> bool:
+        """The request router pins a probe to ``probe.route.target_replica`` (a Serve replica
+        id), so a caller can ask every replica in turn (bench/replicas.py)."""
         return await self.engine.all_blocks_free()
 
-    async def stats(self, target_replica: str | None = None) -> dict[str, Any]:
+    async def stats(self, probe: ReplicaProbe = ReplicaProbe()) -> dict[str, Any]:
         return {"pool": self.pool, "inflight": self.inflight, "replica": replica_unique_id(),
                 **self.engine.report()}
 

@@ -2,7 +2,7 @@
 
 Pure: pydantic + dicts + YAML, no Ray or Kubernetes client. The Serve config inside the
 RayService (serveConfigV2) is config.yaml's own application with the node-pool placement
-added, validated again by deployments.config.AppConfig, so the two never drift.
+added, validated again by contract.config.AppConfig, so the two never drift.
 
   cluster.py     the cluster-side knobs (images, node pools, GPUs, shm, autoscaling)
   placement.py   which worker group hosts which engine deployment; serveConfigV2

@@ -14,7 +14,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from deployments.config import AppConfig, PoolOptions
+from contract.config import AppConfig, PoolOptions
 from deployments.k8s.cluster import ClusterConfig, ServeAutoscaling, WorkerGroup, pool_resource
 from deployments.k8s.pods import SERVE_PORT
 from deployments.plan import LORA_POOL, engine_pools

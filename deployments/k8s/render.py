@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from deployments.config import format_validation_error
+from contract.config import format_validation_error
 from deployments.k8s.cluster import ClusterConfig, load_cluster_config
 from deployments.k8s.manifests import (cluster_train_config, models_claim, ray_job, ray_service,
                                        train_config_map)

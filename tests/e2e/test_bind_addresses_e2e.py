@@ -1,6 +1,6 @@
 """A real engine (tiny model, NixlConnector) listens only on the node's own address: every TCP
 socket its replica process tree listens on is bound to PREFILLSHARE_HOST, none to a wildcard.
-And a Ray of our own (deployments/ray_local.py) listens on loopback only, even in a process
+And a Ray of our own (vllm_runtime/ray_local.py) listens on loopback only, even in a process
 that imported ray before, without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER in its environment."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Runs in a child process: EngineHost sets the replica's environment in os.environ.
 PROBE = r"""
 import json, psutil
-from deployments.config import EngineOptions
-from deployments.inprocess import tiny_engine, tiny_models
+from contract.config import EngineOptions
+from bench.running_app import tiny_engine, tiny_models
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_host import EngineHost
 
@@ -58,7 +58,7 @@ def test_a_real_engine_listens_only_on_the_node_address() -> None:
 
 RAY_PROBE = r"""
 import json, psutil, ray  # ray first: it reads its loopback switch at import
-from deployments.ray_local import init_local_ray
+from vllm_runtime.ray_local import init_local_ray
 
 init_local_ray()
 gcs = ray.get_runtime_context().gcs_address

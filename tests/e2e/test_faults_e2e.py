@@ -12,7 +12,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from deployments.inprocess import running_app, tiny_engine, tiny_models, wait_for
+from bench.running_app import running_app, tiny_engine, tiny_models, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def app():
         "timeouts": {"prefill_s": 60, "kv_pull_s": KV_PULL_S, "first_token_s": 60,
                      "request_s": 120},
     }
-    with running_app(args) as running:
+    with running_app(args, fault_injection=True) as running:
         yield running
 
 

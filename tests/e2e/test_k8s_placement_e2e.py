@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.inprocess import APP, running_app, tiny_engine, tiny_models
+from bench.running_app import APP, running_app, tiny_engine, tiny_models
 from deployments.k8s.cluster import ClusterConfig
 from deployments.k8s.render import DEFAULT_TRAIN_CONFIG, render
 from deployments.serve_config import load_serve_file

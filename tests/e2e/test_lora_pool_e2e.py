@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from deployments.inprocess import running_app, tiny_engine, tiny_models
+from bench.running_app import running_app, tiny_engine, tiny_models
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def _make_adapter(base_dir: str, target, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def setup():
-    from deployments.model_assets import cache_dir
+    from vllm_runtime.model_assets import cache_dir
 
     base, _ = tiny_models()
     adapters = {name: _make_adapter(base, cache_dir() / f"tiny-e2e-lora-{name}", seed)

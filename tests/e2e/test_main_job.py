@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from deployments.inprocess import tiny_engine, tiny_models
+from bench.running_app import tiny_engine, tiny_models
 from vllm_runtime.replica_env import free_port
 
 pytestmark = pytest.mark.slow

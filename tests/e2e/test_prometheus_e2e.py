@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from deployments.inprocess import running_app, tiny_engine, tiny_models, wait_for
+from bench.running_app import running_app, tiny_engine, tiny_models, wait_for
 from observability.local_prometheus import LocalPrometheus, prometheus_binary, ray_metrics_targets
 from observability.panels import RATE, all_queries
 from vllm_runtime.replica_env import free_port

@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from deployments.inprocess import running_app, tiny_engine, tiny_models, wait_for
-from router_service.routing.block_hashes import prompt_block_hashes
-from router_service.routing.rendezvous import rendezvous_owner
+from bench.running_app import running_app, tiny_engine, tiny_models, wait_for
+from routing.block_hashes import prompt_block_hashes
+from routing.rendezvous import rendezvous_owner
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def app():
 def _prefill_replica_stats() -> dict[str, dict]:
     """unique replica id -> that prefill replica's routing stats (Serve replica actor method)."""
     from bench.replicas import routing_stats
-    from deployments.inprocess import APP
+    from bench.running_app import APP
 
     return routing_stats(APP, PREFILL, timeout_s=30)
 
@@ -115,7 +115,7 @@ def test_session_stays_on_its_home_whichever_ingress_replica_routes_it(app):
 def _pd_call(app, prefill_handle, session: str, prompt: list[int]) -> str:
     """One prefill + decode through handles made in THIS process: its request router is built
     here, so the test can read its prefix index."""
-    from router_service.backend import SamplingSpec
+    from contract.wire import SamplingSpec
     from router_service.serve_clients import ServeDecodeClient, ServePrefillClient
 
     async def run() -> str:
@@ -131,7 +131,7 @@ def _pd_call(app, prefill_handle, session: str, prompt: list[int]) -> str:
 
 
 def test_router_index_follows_engine_events(app):
-    from router_service.routing.serve_router import live_routers
+    from bench.replicas import live_routers
 
     replicas = sorted(_prefill_replica_stats())
     # all_blocks_free() carries no session and no blocks: our router sends it to the least

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.inprocess import running_app, tiny_engine, tiny_models
+from bench.running_app import running_app, tiny_engine, tiny_models
 
 pytestmark = pytest.mark.slow
 

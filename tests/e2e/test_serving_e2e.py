@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from router_service.backend import SamplingSpec
-from deployments.inprocess import running_app, tiny_engine, tiny_models, wait_for
+from contract.wire import SamplingSpec
+from bench.running_app import running_app, tiny_engine, tiny_models, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -183,10 +183,10 @@ def _decode_with(app, role: str, prompt: list[int], params: dict) -> list[int]:
 
 
 def test_failed_kv_pull_fail_policy_returns_503_and_keeps_serving(app):
-    from router_service.backend import BackendError
+    from contract.wire import ServingError
 
     prompt = _random_prompt(200, seed=6)
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(ServingError) as err:
         _decode_with(app, "planner", prompt, _ghost_params(len(prompt)))
     assert err.value.status_code == 503
     r = app.client.post("/v1/completions", json={"model": "planner", "prompt": "still there?",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deployments.inprocess import running_app, tiny_engine, tiny_models
+from bench.running_app import running_app, tiny_engine, tiny_models
 
 pytestmark = pytest.mark.slow
 

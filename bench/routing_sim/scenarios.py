@@ -7,19 +7,15 @@ near saturation when they miss: the regime the paper measures, where routing dec
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
-from router_service.routing.baselines import (
-    LeastLoadedPolicy,
-    PowerOfTwoPolicy,
-    PrefixAffinityPolicy,
-    SessionStickyPolicy,
-)
-from router_service.routing.interface import RoutingPolicy
-from router_service.routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
-from router_service.routing.sim_replica import ServiceModel
-from router_service.routing.simulation import ClusterEvent, Scenario
-from router_service.routing.workload import WorkloadConfig
+from routing.interface import RoutingPolicy
+from routing.policy import RoutingPolicyConfig
+from routing.registry import POLICIES, make_policy
+from bench.routing_sim.sim_replica import ServiceModel
+from bench.routing_sim.simulation import ClusterEvent, Scenario
+from bench.routing_sim.workload import WorkloadConfig
 
 SERVICE = ServiceModel()
 BASE = WorkloadConfig()
@@ -44,14 +40,11 @@ def scenarios(duration_s: float = BASE.duration_s, seed: int = 0) -> list[Scenar
 
 
 def policies(service: ServiceModel = SERVICE) -> dict[str, Callable[[], RoutingPolicy]]:
-    bs, cap = service.block_size, service.kv_capacity_blocks
-    cfg = RoutingPolicyConfig(block_size=bs, index_capacity_blocks=cap)
-    return {
-        "prefix_locality": lambda: PrefixLocalityPolicy(cfg),
-        "prefix_locality_home_first": lambda: PrefixLocalityPolicy(
-            dataclasses.replace(cfg, prefer_prefix_over_session=False)),
-        "session_sticky": lambda: SessionStickyPolicy(bs, cap),
-        "power_of_two": lambda: PowerOfTwoPolicy(bs, cap, seed=0),
-        "prefix_affinity": lambda: PrefixAffinityPolicy(bs, cap),
-        "least_loaded": lambda: LeastLoadedPolicy(bs, cap),
-    }
+    """Every registered policy, plus ours with the session home ranked before the prefix."""
+    cfg = RoutingPolicyConfig(block_size=service.block_size,
+                              index_capacity_blocks=service.kv_capacity_blocks)
+    home_first = dataclasses.replace(cfg, prefer_prefix_over_session=False)
+    made: dict[str, Callable[[], RoutingPolicy]] = {
+        name: functools.partial(make_policy, name, cfg) for name in POLICIES}
+    made["prefix_locality_home_first"] = functools.partial(make_policy, "prefix_locality", home_first)
+    return made

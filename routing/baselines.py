@@ -16,9 +16,9 @@ import hashlib
 import random
 from collections.abc import Sequence
 
-from router_service.routing.interface import ReplicaLoad, RouteRequest
-from router_service.routing.load_tracker import LoadTracker
-from router_service.routing.prefix_index import PrefixIndex
+from routing.interface import ReplicaLoad, RouteRequest
+from routing.load_tracker import LoadTracker
+from routing.prefix_index import PrefixIndex
 
 
 class _TrackingPolicy:

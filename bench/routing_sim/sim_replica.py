@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from router_service.routing.prefix_index import ReplicaBlocks
+from routing.prefix_index import ReplicaBlocks
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,17 @@ request with ``prompt_block_hashes`` of its prompt. docs/routing.md has the eval
 
 from __future__ import annotations
 
-from router_service.routing.baselines import (
+from routing.baselines import (
     LeastLoadedPolicy,
     PowerOfTwoPolicy,
     PrefixAffinityPolicy,
     SessionStickyPolicy,
 )
-from router_service.routing.block_hashes import extend_block_hashes, prompt_block_hashes
-from router_service.routing.interface import ReplicaLoad, RouteRequest, RoutingPolicy
-from router_service.routing.kv_events import KvEventTranslator
-from router_service.routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
-from router_service.routing.prefix_index import PrefixIndex
+from routing.block_hashes import extend_block_hashes, prompt_block_hashes
+from routing.interface import ReplicaLoad, RouteRequest, RoutingPolicy
+from routing.kv_events import KvEventTranslator
+from routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
+from routing.prefix_index import PrefixIndex
 
 __all__ = [
     "KvEventTranslator", "LeastLoadedPolicy", "PowerOfTwoPolicy", "PrefixAffinityPolicy",

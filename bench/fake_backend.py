@@ -15,12 +15,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from router_service.backend import (
-    BackendError,
-    GenerationDelta,
-    GenerationRequest,
-    TokenLogprob,
-)
+from contract.wire import ServingError, GenerationDelta, TokenLogprob
+from router_service.backend import GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ class FakeBackend:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
             if self.fail_after_deltas is not None and sent >= self.fail_after_deltas:
-                raise self.fail_with or BackendError("fake failure mid-stream")
+                raise self.fail_with or ServingError("fake failure mid-stream", 503)
             chunk = tokens[start:start + self.tokens_per_delta]
             text += "".join(t.text for t in chunk)
             stop_at = _first_stop(text, sampling.stop)

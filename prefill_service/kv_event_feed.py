@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from router_service.routing.kv_events import KvEventTranslator
-from router_service.routing.prefix_index import PrefixIndex
+from routing.kv_events import KvEventTranslator
+from routing.prefix_index import PrefixIndex
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from router_service.routing.block_hashes import extend_block_hashes
-from router_service.routing.interface import ReplicaLoad, RouteRequest, RoutingPolicy
-from router_service.routing.sim_replica import ServiceModel, SimJob, SimReplica
-from router_service.routing.workload import SessionPlan, WorkflowPlan, WorkloadConfig, make_sessions
+from routing.block_hashes import extend_block_hashes
+from routing.interface import ReplicaLoad, RouteRequest, RoutingPolicy
+from bench.routing_sim.sim_replica import ServiceModel, SimJob, SimReplica
+from bench.routing_sim.workload import SessionPlan, WorkflowPlan, WorkloadConfig, make_sessions
 
 
 @dataclass(frozen=True)

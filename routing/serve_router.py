@@ -7,7 +7,7 @@ of the first ranked group that has capacity; the policy's groups are singletons 
 overloaded tail, so the first group is the pick.
 
 Configured through ``RequestRouterConfig(request_router_kwargs=...)`` (deployments/app.py):
-``policy`` names one of POLICIES; ``kv_events`` / ``kv_events_keep_sent_s`` fold the engines'
+``policy`` names one of routing/registry.py; ``kv_events`` / ``kv_events_keep_sent_s`` fold the engines'
 KV cache events (each prefill replica's ``kv_blocks`` routing stat, kv_event_feed.py) into the
 policy's prefix index; the rest are RoutingPolicyConfig fields.
 """
@@ -20,62 +20,51 @@ from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from router_service.routing.baselines import (
-    LeastLoadedPolicy,
-    PowerOfTwoPolicy,
-    PrefixAffinityPolicy,
-    SessionStickyPolicy,
-)
-from router_service.routing.decisions import classify_decision
-from router_service.routing.interface import ReplicaLoad, RouteRequest
-from router_service.routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
+from contract.wire import RouteHints
+from routing.decisions import classify_decision
+from routing.interface import ReplicaLoad, RouteRequest
+from routing.policy import RoutingPolicyConfig
+from routing.registry import make_policy
 
 log = logging.getLogger(__name__)
 
-POLICIES = {
-    "prefix_locality": lambda cfg: PrefixLocalityPolicy(cfg),
-    "session_sticky": lambda cfg: SessionStickyPolicy(cfg.block_size, cfg.index_capacity_blocks),
-    "power_of_two": lambda cfg: PowerOfTwoPolicy(cfg.block_size, cfg.index_capacity_blocks),
-    "prefix_affinity": lambda cfg: PrefixAffinityPolicy(cfg.block_size, cfg.index_capacity_blocks),
-    "least_loaded": lambda cfg: LeastLoadedPolicy(cfg.block_size, cfg.index_capacity_blocks),
-}
+def route_hints_of(pending: PendingRequest | None) -> RouteHints:
+    """The typed request of the call (contract.wire: PrefillRequest, DecodeRequest,
+    ReplicaProbe) carries its RouteHints in ``route``; a call without one routes on load."""
+    if pending is None:
+        return RouteHints()
+    for value in (*pending.args, *pending.kwargs.values()):
+        hints = getattr(value, "route", None)
+        if isinstance(hints, RouteHints):
+            return hints
+    return RouteHints()
 
 
 def route_request_of(pending: PendingRequest | None) -> RouteRequest:
-    """What the ingress put in the call: (request_id, prompt_token_ids, ...) plus the
-    ``block_hashes`` kwarg; the session id rides in the handle options."""
+    """What the policy sees: the hints, the session id from the handle options (Serve's own
+    session affinity field) or the hints, and Serve's request id."""
+    hints = route_hints_of(pending)
     if pending is None:
         return RouteRequest("", None, (), 0)
     meta = pending.metadata
-    prompt = pending.args[1] if len(pending.args) > 1 else pending.kwargs.get("prompt_token_ids", ())
     return RouteRequest(
         request_id=meta.internal_request_id,
-        session_id=meta.session_id or None,
-        block_hashes=tuple(pending.kwargs.get("block_hashes") or ()),
-        num_tokens=len(prompt),
+        session_id=meta.session_id or hints.session_id or None,
+        block_hashes=hints.block_hashes,
+        num_tokens=hints.num_tokens,
     )
-
-
-def pinned_replica(pending: PendingRequest | None) -> str | None:
-    """The ``target_replica`` kwarg of engine probe methods (vllm_runtime/engine_server.py)."""
-    if pending is None:
-        return None
-    target = pending.kwargs.get("target_replica")
-    return str(target) if target else None
 
 
 class PrefixLocalityRequestRouter(RequestRouter):
     def initialize_state(self, policy: str = "prefix_locality", deployment: str = "",
                          kv_events: bool = False, kv_events_keep_sent_s: float = 30.0,
                          **config: Any) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown routing policy {policy!r}; one of {sorted(POLICIES)}")
-        self.policy = POLICIES[policy](RoutingPolicyConfig(**config))
+        self.policy = make_policy(policy, RoutingPolicyConfig(**config))
         self.policy_name = policy
         self.kv_events = kv_events
         self.kv_events_keep_sent_s = kv_events_keep_sent_s
         self._kv_applied: dict[str, tuple[str, int]] = {}  # replica -> (epoch, version) folded in
-        from router_service.routing.metrics import RoutingMetrics
+        from routing.metrics import RoutingMetrics
 
         self.metrics = RoutingMetrics(deployment or "unknown")
 
@@ -83,7 +72,7 @@ class PrefixLocalityRequestRouter(RequestRouter):
                               pending_request: PendingRequest | None = None,
                               ) -> list[list[RunningReplica]]:
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        target = pinned_replica(pending_request)
+        target = route_hints_of(pending_request).target_replica
         if target is not None:
             # A probe of one replica (leak check, stats, fault injection): that one or none.
             return [[by_id[target]]] if target in by_id else []
@@ -146,12 +135,3 @@ class PrefixLocalityRequestRouter(RequestRouter):
             self.policy.on_replica_removed(rid)
             self._kv_applied.pop(rid, None)
 
-
-def live_routers(deployment: str | None = None) -> list[PrefixLocalityRequestRouter]:
-    """The routers of this process, for tests and debugging (what does my index hold?). Found
-    by a heap walk: Serve builds them out of sight (a registry filled in initialize_state
-    stayed empty when read from the caller's thread)."""
-    import gc
-
-    return [o for o in gc.get_objects() if isinstance(o, PrefixLocalityRequestRouter)
-            and hasattr(o, "metrics") and (deployment is None or o.metrics.deployment == deployment)]

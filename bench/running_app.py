@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from deployments.model_assets import cache_dir, tiny_llama_folder
-from deployments.ray_local import init_local_ray, keep_ray_on_loopback
+from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
+from vllm_runtime.ray_local import init_local_ray, keep_ray_on_loopback
 from vllm_runtime.replica_env import free_port
 
 APP = "ps-e2e"
@@ -63,7 +63,7 @@ class RunningApp:
                   lora_name: str | None = None) -> tuple[list[int], list[float], Any]:
         """One greedy P/D request through the Serve handles (below the HTTP API): the token
         ids, each chosen token's logprob, and the prefill result."""
-        from router_service.backend import SamplingSpec
+        from contract.wire import SamplingSpec
 
         async def run() -> tuple[list[int], list[float], Any]:
             rid = uuid.uuid4().hex
@@ -82,13 +82,17 @@ class RunningApp:
 
 
 @contextlib.contextmanager
-def running_app(app_args: dict[str, Any], ray_address: str | None = None) -> Iterator[RunningApp]:
+def running_app(app_args: dict[str, Any], ray_address: str | None = None,
+                fault_injection: bool = False) -> Iterator[RunningApp]:
     """ray_address: join that running cluster (e.g. a multi-node ray.cluster_utils.Cluster);
-    default: start a one-node Ray in this process."""
+    default: start a one-node Ray in this process. fault_injection: decode replicas are
+    bench/fault_injection.py's FaultInjectingDecodeServer."""
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    from contract.config import load_config
+    from deployments.app import bind_plan
+    from deployments.plan import make_plan
 
     if ray_address is not None:
         keep_ray_on_loopback()
@@ -98,7 +102,14 @@ def running_app(app_args: dict[str, Any], ray_address: str | None = None) -> Ite
     port = free_port("127.0.0.1")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args), name=APP, route_prefix="/")
+        cfg = load_config(app_args)
+        if fault_injection:
+            from bench.fault_injection import FaultInjectingDecodeServer
+
+            app = bind_plan(cfg, make_plan(cfg), decode_server=FaultInjectingDecodeServer)
+        else:
+            app = bind_plan(cfg, make_plan(cfg))
+        serve.run(app, name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=url, timeout=180) as client:
             yield RunningApp(url, client)

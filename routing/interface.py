@@ -27,7 +27,7 @@ class RouteRequest:
 
     request_id: str
     session_id: str | None
-    block_hashes: tuple[int, ...]  # router_service.routing.block_hashes.prompt_block_hashes
+    block_hashes: tuple[int, ...]  # routing.block_hashes.prompt_block_hashes
     num_tokens: int
 
 

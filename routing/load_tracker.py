@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from router_service.routing.interface import ReplicaLoad
+from routing.interface import ReplicaLoad
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from router_service.routing.interface import ReplicaLoad, RouteRequest
+from routing.interface import ReplicaLoad, RouteRequest
 
 DECISIONS = ("affinity", "prefix", "fallback", "load", "failover")
 

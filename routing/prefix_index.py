@@ -115,14 +115,14 @@ class PrefixIndex:
 
     def on_block_stored(self, replica_id: str, hashes: Sequence[int]) -> None:
         """KV event: the engine stored these blocks (hashes already in our chain's terms,
-        see router_service.routing.kv_events)."""
+        see routing.kv_events)."""
         if hashes:
             self._blocks(replica_id).touch_chain(hashes)
 
     def apply_engine_snapshot(self, replica_id: str, held: Iterable[int],
                               keep_sent_within_s: float) -> tuple[int, int]:
         """The engine's own held set (from its KV events, published in its routing stats,
-        router_service.routing.kv_event_feed) replaces our guess for ``replica_id``: blocks it
+        prefill_service.kv_event_feed) replaces our guess for ``replica_id``: blocks it
         evicted go, blocks other routers placed there come in. Our sends of the last
         ``keep_sent_within_s`` stay: the snapshot can predate their prefill. (added, removed)."""
         return self._blocks(replica_id).reconcile(held, self.clock() - keep_sent_within_s)

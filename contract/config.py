@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contract.routing_policies import RoutingPolicyName
+
 SHARED_PREFILL_POOL = "shared"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
@@ -109,11 +111,6 @@ class RoleConfig(_Strict):
         if self.decoder and self.lora_adapter:
             raise ValueError("a role has either `decoder` or `lora_adapter`, not both")
         return self
-
-
-RoutingPolicyName = Literal[
-    "prefix_locality", "session_sticky", "power_of_two", "prefix_affinity", "least_loaded"
-]
 
 
 class RoutingConfig(_Strict):
@@ -283,6 +280,22 @@ class AppConfig(_Strict):
             if r.name == name:
                 return r
         raise KeyError(name)
+
+
+class ConfigError(ValueError):
+    """A bad application config; the message names the field."""
+
+
+def load_config(args: dict[str, Any] | AppConfig) -> AppConfig:
+    """The app args (a dict from YAML, or an AppConfig) validated, or one ConfigError."""
+    from pydantic import ValidationError
+
+    if isinstance(args, AppConfig):
+        return args
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
 
 
 def format_validation_error(exc: Exception) -> str:

@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router_service.routing.interface import ReplicaLoad, RouteRequest
-from router_service.routing.load_tracker import LoadTracker
-from router_service.routing.prefix_index import PrefixIndex
-from router_service.routing.rendezvous import rendezvous_owner
+from routing.interface import ReplicaLoad, RouteRequest
+from routing.load_tracker import LoadTracker
+from routing.prefix_index import PrefixIndex
+from routing.rendezvous import rendezvous_owner
 
 
 @dataclass(frozen=True)

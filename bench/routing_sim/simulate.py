@@ -1,7 +1,7 @@
 """CLI: run the routing scenarios against every policy and print (and plot) the comparison.
 
-    python -m router_service.routing.simulate                 # all scenarios, markdown table
-    python -m router_service.routing.simulate --plot-dir docs # also docs/routing_*.png
+    python -m bench.routing_sim.simulate                 # all scenarios, markdown table
+    python -m bench.routing_sim.simulate --plot-dir docs # also docs/routing_*.png
 
 Runs on one core in about a minute at the default duration; plain Python, no Ray.
 """
@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from router_service.routing.scenarios import policies, scenarios
-from router_service.routing.simulation import RunResult, simulate
+from bench.routing_sim.scenarios import policies, scenarios
+from bench.routing_sim.simulation import RunResult, simulate
 
 COLUMNS = ("scenario", "policy", "requests", "hit_ratio", "best_hit_ratio", "p50_s", "p95_s",
            "util_mean", "util_max_over_mean", "util_cv", "retries")
@@ -82,7 +82,7 @@ def plot(results: Sequence[RunResult], out_dir: Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m router_service.routing.simulate",
+    ap = argparse.ArgumentParser(prog="python -m bench.routing_sim.simulate",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=240.0, help="session arrival window, s")
     ap.add_argument("--seed", type=int, default=0)

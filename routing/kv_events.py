@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-from router_service.routing.block_hashes import chain_hash, root_hash
-from router_service.routing.prefix_index import PrefixIndex
+from routing.block_hashes import chain_hash, root_hash
+from routing.prefix_index import PrefixIndex
 
 
 class KvEventTranslator:
