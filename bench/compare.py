@@ -12,8 +12,8 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.driver import drive

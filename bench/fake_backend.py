@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from contract.wire import ServingError, GenerationDelta, TokenLogprob
+from contract.wire import GenerationDelta, ServingError, TokenLogprob
 from router_service.backend import GenerationRequest
 
 

@@ -31,10 +31,10 @@ from typing import Any
 
 from bench.fault_report import call_counts, problems, summary_text
 from bench.records import RunResult
-from contract.wire import ReplicaProbe
 from bench.workload import Workload
+from contract.wire import ReplicaProbe
+from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PREFILL = "prefill-shared"
 
 

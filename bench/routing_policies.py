@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.driver import drive
-from contract.routing_policies import ROUTING_POLICIES
 from bench.metrics import summarize
 from bench.records import RunResult
 from bench.workload import Workload
+from contract.routing_policies import ROUTING_POLICIES
 
 ROLE = "agent"
 

@@ -27,8 +27,7 @@ from bench.fault_report import call_counts
 from bench.fault_run import _LoadThread
 from bench.soak_report import markdown, memory_growth, plot, problems, windows
 from bench.workload import Workload
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def soak_app_args(models: str, kv_cache_space_gib: float,

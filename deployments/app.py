@@ -14,8 +14,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from decode_service.server import DecodeServer
 from contract.config import AppConfig, load_config
+from decode_service.server import DecodeServer
 from deployments.kv_compat import KvLayout, kv_blocks_in
 from deployments.plan import DeploymentPlan, EnginePool, make_plan
 from prefill_service.server import PrefillServer

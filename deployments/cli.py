@@ -33,8 +33,8 @@ import httpx
 
 from deployments import cli_delegate
 from deployments.cli_delegate import Delegated
+from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("prefillshare")
 
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except (ConfigError, KvIncompatible, ValueError, FileNotFoundError) as exc:
         print(f"prefillshare: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     except subprocess.CalledProcessError as exc:
         print(f"prefillshare: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ def run(name: str, target: Delegated, argv: list[str]) -> int:
     from yaml import YAMLError
 
     try:
-        module = importlib.import_module(target.module)
+        module = _import(target.module)
         return int(module.main([*target.leading, *argv]) or 0)
     except SystemExit as exc:  # argparse: 0 after --help, 2 on bad usage
         code = exc.code
@@ -40,7 +42,7 @@ def run(name: str, target: Delegated, argv: list[str]) -> int:
         return EXIT_FAILED
     except (ValidationError, YAMLError, FileNotFoundError, ValueError) as exc:
         print(f"prefillshare {name}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"prefillshare {name}: interrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -48,6 +50,22 @@ def run(name: str, target: Delegated, argv: list[str]) -> int:
         traceback.print_exc()
         print(f"prefillshare {name}: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+SOURCE_ONLY = ("bench",)  # in the repository, not in the installed package
+
+
+def _import(name: str) -> object:
+    """The module behind a command. bench/ is not installed with the package (the product
+    never imports it): its commands run from a checkout, whose root is then put on the path."""
+    top = name.split(".")[0]
+    if top in SOURCE_ONLY and importlib.util.find_spec(top) is None:
+        checkout = Path.cwd()
+        if not (checkout / top / "__init__.py").exists():
+            raise FileNotFoundError(f"{top}/ ships with the source, not the package: run this "
+                                    "command from the root of a checkout of the repository")
+        sys.path.insert(0, str(checkout))
+    return importlib.import_module(name)
 
 
 def add_parsers(sub: argparse._SubParsersAction, commands: dict[str, Delegated],

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from contract.config import AppConfig, PoolOptions, RoleConfig
 from contract.roles import ServedRole
 from deployments.kv_compat import check_kv_compatible
-from vllm_runtime.model_assets import resolve_model
 from vllm_runtime.engine_args import EngineSpec
+from vllm_runtime.model_assets import resolve_model
 
 LORA_POOL = "lora"
 

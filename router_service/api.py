@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from contract.roles import ServedRole
+from contract.wire import GenerationDelta, ServingError
 from router_service.backend import GenerationBackend, GenerationRequest
-from contract.wire import GenerationDelta
 from router_service.completion_output import (
     ChatChunks,
+    ChunkRenderer,
+    Collected,
     CompletionChunks,
     RequestMeta,
     SSEResponse,
@@ -33,16 +36,15 @@ from router_service.completion_output import (
     completion_response,
     stream_events,
 )
-from contract.wire import ServingError
 from router_service.errors import install_error_handlers, model_not_found
 from router_service.guard import GuardMiddleware, RequestGuard, api_key_of
-from router_service.openapi_doc import install_openapi
 from router_service.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     ModelCard,
     ModelList,
 )
+from router_service.openapi_doc import install_openapi
 from router_service.prompt_builder import PromptBuilder, PromptTemplateError, Turn
 from router_service.sampling_params import (
     DEFAULT_MAX_TOKENS_CAP,
@@ -114,6 +116,19 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
     def session_of(request: Request, user: str | None) -> str | None:
         return request.headers.get(header) or user or None
 
+    async def respond(gen: GenerationRequest, stream: bool, usage_in_stream: bool,
+                      chunks: ChunkRenderer, whole: Callable[[Collected], BaseModel]) -> Response:
+        """Starts generation, then answers with SSE chunks or one body (the same for chat and
+        completions; ``chunks`` and ``whole`` give each its OpenAI shape)."""
+        deltas, first = await _start(backend, gen)
+        headers = {REQUEST_ID_HEADER: gen.request_id}
+        if stream:
+            events = stream_events(first, deltas, chunks, len(gen.prompt_token_ids),
+                                   usage_in_stream)
+            return SSEResponse(events, headers={**headers, **_STREAM_HEADERS})
+        out = await collect(first, deltas)
+        return JSONResponse(whole(out).model_dump(mode="json"), headers=headers)
+
     async def chat(role: ServedRole, body: ChatCompletionRequest, request: Request) -> Response:
         request.state.metrics_role = role.name  # the label router_service/metering.py uses
         if len(body.messages) > limits.max_messages:
@@ -130,18 +145,12 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
         max_tokens = resolve_max_tokens(body.requested_max_tokens(), len(ids),
                                         limits.max_model_len, limits.default_max_tokens)
         meta = RequestMeta(f"chatcmpl-{uuid.uuid4().hex}", role.name, len(ids))
-        gen = GenerationRequest(meta.request_id, role.name, ids, chat_sampling(body, max_tokens),
-                                session_of(request, body.user))
-        deltas, first = await _start(backend, gen)
-        headers = {REQUEST_ID_HEADER: meta.request_id}
         want_logprobs = bool(body.logprobs)
-        if body.stream:
-            events = stream_events(first, deltas, ChatChunks(meta, want_logprobs), len(ids),
-                                   body.wants_usage_in_stream())
-            return SSEResponse(events, headers={**headers, **_STREAM_HEADERS})
-        out = await collect(first, deltas)
-        return JSONResponse(chat_response(meta, out, want_logprobs).model_dump(mode="json"),
-                            headers=headers)
+        return await respond(
+            GenerationRequest(meta.request_id, role.name, ids, chat_sampling(body, max_tokens),
+                              session_of(request, body.user)),
+            body.stream, body.wants_usage_in_stream(), ChatChunks(meta, want_logprobs),
+            lambda out: chat_response(meta, out, want_logprobs))
 
     async def complete(role: ServedRole, body: CompletionRequest, request: Request) -> Response:
         request.state.metrics_role = role.name
@@ -152,19 +161,12 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
         max_tokens = resolve_max_tokens(body.max_tokens, len(ids), limits.max_model_len,
                                         limits.default_max_tokens, prompt_param="prompt")
         meta = RequestMeta(f"cmpl-{uuid.uuid4().hex}", role.name, len(ids))
-        gen = GenerationRequest(meta.request_id, role.name, ids,
-                                completion_sampling(body, max_tokens),
-                                session_of(request, body.user))
-        deltas, first = await _start(backend, gen)
-        headers = {REQUEST_ID_HEADER: meta.request_id}
         want_logprobs = body.logprobs is not None
-        if body.stream:
-            events = stream_events(first, deltas, CompletionChunks(meta, want_logprobs), len(ids),
-                                   body.wants_usage_in_stream())
-            return SSEResponse(events, headers={**headers, **_STREAM_HEADERS})
-        out = await collect(first, deltas)
-        return JSONResponse(completion_response(meta, out, want_logprobs).model_dump(mode="json"),
-                            headers=headers)
+        return await respond(
+            GenerationRequest(meta.request_id, role.name, ids,
+                              completion_sampling(body, max_tokens), session_of(request, body.user)),
+            body.stream, body.wants_usage_in_stream(), CompletionChunks(meta, want_logprobs),
+            lambda out: completion_response(meta, out, want_logprobs))
 
     def model_list(names: Sequence[str]) -> dict[str, Any]:
         cards = [ModelCard(id=n, created=created) for n in names]

@@ -26,8 +26,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router_service.auth import ApiKey, KeyConfigError, KeySources, KeyStore, make_key
 from contract.wire import ServingError
+from router_service.auth import ApiKey, KeyConfigError, KeySources, KeyStore, make_key
 from router_service.rate_limit import RateLimiter
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from router_service.backend import GenerationBackend, GenerationRequest
 from contract.wire import GenerationDelta
+from router_service.backend import GenerationBackend, GenerationRequest
 
 if TYPE_CHECKING:  # router_service.metrics imports Ray; this module stays importable without
     from router_service.metrics import RequestMetricsSink

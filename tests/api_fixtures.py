@@ -19,9 +19,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from bench.fake_backend import FakeBackend
 from contract.roles import ServedRole
 from router_service.api import build_api
-from bench.fake_backend import FakeBackend
 
 MAX_MODEL_LEN = 512
 API_ROLES = [

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.fake_backend import FakeBackend, fake_tokens
+from router_service.prompt_builder import PromptBuilder, Turn
 from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     API_ROLES,
     api_backend,
     api_client,
     chat_body,
-    make_app,
     http_client,
+    make_app,
     smollm2_tokenizer,
     sse_payloads,
 )
-
-from bench.fake_backend import FakeBackend, fake_tokens
-from router_service.prompt_builder import PromptBuilder, Turn
 
 
 def _expected_prompt(role_index: int, content: str) -> tuple[int, ...]:

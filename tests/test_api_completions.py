@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.fake_backend import FakeBackend, fake_tokens
 from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     api_backend,
     api_client,
     smollm2_tokenizer,
     sse_payloads,
 )
-
-from bench.fake_backend import FakeBackend, fake_tokens
 
 
 def _ids(text: str) -> tuple[int, ...]:

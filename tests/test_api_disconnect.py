@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 import pytest
-from tests.api_fixtures import chat_body, make_app
 
 from bench.fake_backend import FakeBackend
+from tests.api_fixtures import chat_body, make_app
 
 
 def _scope(path: str, spec_version: str) -> dict[str, Any]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+from bench.fake_backend import FakeBackend
+from contract.wire import ServingError
 from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     api_backend,
     api_client,
@@ -13,9 +16,6 @@ from tests.api_fixtures import (  # noqa: F401  (fixtures are used by name)
     http_client,
     make_app,
 )
-
-from contract.wire import ServingError
-from bench.fake_backend import FakeBackend
 
 
 async def test_unknown_role_is_404(api_client: Any) -> None:

@@ -25,11 +25,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from tests.api_fixtures import make_app, served_on_loopback
 
-from router_service.auth import KeySources, make_key
 from bench.fake_backend import FakeBackend
+from router_service.auth import KeySources, make_key
 from router_service.guard import RequestGuard
+from tests.api_fixtures import make_app, served_on_loopback
 
 KEY = "sk-fuzz-0123456789abcdef"
 REQUEST_TIMEOUT_S = 10.0

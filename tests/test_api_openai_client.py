@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
-from tests.api_fixtures import make_app, smollm2_tokenizer
 
 from bench.fake_backend import FakeBackend, fake_tokens
 from router_service.prompt_builder import PromptBuilder, Turn
+from tests.api_fixtures import make_app, smollm2_tokenizer
 
 
 @pytest.fixture

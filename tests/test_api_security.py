@@ -10,14 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.api_fixtures import assert_openai_error, chat_body, http_client, make_app
 
-from contract.config import AppConfig
-from router_service.auth import KeyConfigError, KeySources, make_key
-from contract.wire import ServingError
 from bench.fake_backend import FakeBackend
+from contract.config import AppConfig
+from contract.wire import ServingError
+from router_service.auth import KeyConfigError, KeySources, make_key
 from router_service.guard import RequestGuard, guard_from_config
 from router_service.rate_limit import RateLimiter
+from tests.api_fixtures import assert_openai_error, chat_body, http_client, make_app
 
 ADMIN = "sk-admin-0123456789abcdef"
 PLANNER_ONLY = "sk-plan-0123456789abcdef"

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bench.driver import check_loopback, drive
+from bench.fake_backend import FakeBackend
 from bench.metrics import (
     distribution,
     percentile,
@@ -22,7 +23,6 @@ from bench.records import CallRecord, RunResult, StatsSample
 from bench.run import bookkeeping_problems, main, smoke_workload
 from bench.workload import Workload, arrival_times, session_steps
 from contract.roles import ServedRole
-from bench.fake_backend import FakeBackend
 from tests.api_fixtures import make_app, served_on_loopback
 
 ROLES = [ServedRole("planner", "You are the planner."), ServedRole("coder", "You write code."),

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, build_parser, main
-from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
+from deployments.cli import build_parser, main
+from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from deployments.serve_config import IMPORT_PATH, load_serve_file
+from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
 from vllm_runtime.replica_env import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +123,7 @@ def test_validate_ok(tmp_path, capsys, models):
 def test_validate_bad_config(tmp_path, capsys, models):
     path = _serve_file(tmp_path / "c.yaml", {"base_model": models["a"],
                                              "roles": [{"name": "a"}, {"name": "a"}]})
-    assert main(["validate", str(path)]) == EXIT_CONFIG
+    assert main(["validate", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("prefillshare: invalid config: ")
     assert "duplicate role names ['a']" in err
@@ -131,16 +132,16 @@ def test_validate_bad_config(tmp_path, capsys, models):
 def test_validate_incompatible_decoder(tmp_path, capsys, models):
     path = _serve_file(tmp_path / "c.yaml", {
         "base_model": models["a"], "roles": [{"name": "coder", "decoder": models["c"]}]})
-    assert main(["validate", str(path)]) == EXIT_CONFIG
+    assert main(["validate", str(path)]) == EXIT_USAGE
     assert "roles.coder.decoder: " in capsys.readouterr().err
 
 
 def test_validate_missing_model_and_missing_file(tmp_path, capsys):
     path = _serve_file(tmp_path / "c.yaml", {"base_model": str(tmp_path / "no-model"),
                                              "roles": [{"name": "a"}]})
-    assert main(["validate", str(path)]) == EXIT_CONFIG
+    assert main(["validate", str(path)]) == EXIT_USAGE
     assert "no-model" in capsys.readouterr().err
-    assert main(["validate", str(tmp_path / "absent.yaml")]) == EXIT_CONFIG
+    assert main(["validate", str(tmp_path / "absent.yaml")]) == EXIT_USAGE
     assert "absent.yaml: no such file" in capsys.readouterr().err
 
 

@@ -92,3 +92,20 @@ def test_serve_is_up(capsys):
     args = build_parser().parse_args(["serve", "my.yaml", "--exit-when-ready"])
     assert args.config == "my.yaml" and args.exit_when_ready
     assert args.fn.__name__ == "cmd_up"
+
+
+def test_bench_commands_run_from_a_checkout_only(tmp_path) -> None:
+    """bench/ is not in the installed package: outside a checkout the command says so (exit 2),
+    inside one it runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = Path(sys.executable).with_name("prefillshare")
+    outside = subprocess.run([str(script), "bench", "run", "--help"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
+    assert outside.returncode == 2 and "checkout" in outside.stderr, outside.stderr
+    inside = subprocess.run([str(script), "bench", "run", "--help"], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert inside.returncode == 0 and "bench.run" in inside.stdout, inside.stderr

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.api_fixtures import chat_body, http_client, make_app, sse_payloads
-
-from contract.wire import ServingError
 from bench.fake_backend import FakeBackend
+from contract.wire import ServingError
 from router_service.metering import MeteredBackend, RequestMetricsMiddleware
+from tests.api_fixtures import chat_body, http_client, make_app, sse_payloads
 
 
 class Sink:

@@ -6,7 +6,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from vllm_runtime.model_assets import tiny_llama_folder
 from training.kv_boundary import (
     base_prefix_cache,
     clone_cache,
@@ -15,6 +14,7 @@ from training.kv_boundary import (
     reference_greedy_decode,
     shared_prefix_length,
 )
+from vllm_runtime.model_assets import tiny_llama_folder
 
 ATOL = 1e-5
 RATIOS = [0.0, 0.25, 0.5, 0.75, 1.0]

@@ -10,8 +10,8 @@ import pytest
 
 from contract.config import AppConfig
 from deployments.kv_compat import KvIncompatible
-from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
 from deployments.plan import make_plan
+from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
 
 
 @pytest.fixture(scope="module")

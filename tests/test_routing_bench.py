@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from contract.routing_policies import ROUTING_POLICIES
 from bench.routing_policies import app_args, main, report, spread, workloads
 from contract.config import AppConfig
+from contract.routing_policies import ROUTING_POLICIES
 
 
 @pytest.mark.parametrize("policy", list(ROUTING_POLICIES))

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from prefill_service.kv_event_feed import KvEventFeed, KvEventState
 from routing.block_hashes import prompt_block_hashes
 from routing.interface import ReplicaLoad, RouteRequest
-from prefill_service.kv_event_feed import KvEventFeed, KvEventState
 from routing.policy import PrefixLocalityPolicy, RoutingPolicyConfig
 from routing.prefix_index import PrefixIndex
 from routing.rendezvous import rendezvous_order

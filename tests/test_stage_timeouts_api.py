@@ -5,10 +5,10 @@ retry/exhaustion errors a client sees during faults (503 with their own codes)."
 from __future__ import annotations
 
 import pytest
-from tests.api_fixtures import assert_openai_error, chat_body, http_client, make_app
-from tests.test_pd_backend import KV_LOADED, FakeDecode, FakePrefill, _backend, _kv_pull_failed
 
 from router_service.pd_backend import ReplicaGone, StageTimeouts
+from tests.api_fixtures import assert_openai_error, chat_body, http_client, make_app
+from tests.test_pd_backend import KV_LOADED, FakeDecode, FakePrefill, _backend, _kv_pull_failed
 
 SHORT = 0.05
 LONG = 5.0

@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from vllm_runtime.model_assets import tiny_llama_folder
 from training.__main__ import main
 from training.config import TaskConfig, TrainConfig
 from training.models import IDENTITY_FILE, model_identity
+from vllm_runtime.model_assets import tiny_llama_folder
 
 torch.set_num_threads(1)  # the box is shared
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from vllm_runtime.model_assets import tiny_llama_folder
 from training import scoring
 from training.evaluate import Score, wilson_interval
 from training.generation import greedy_generate
@@ -17,6 +16,7 @@ from training.kv_boundary import reference_greedy_decode
 from training.report import markdown_table, sweep_plot
 from training.tasks import get_task
 from training.tasks_benchmarks import humaneval_program
+from vllm_runtime.model_assets import tiny_llama_folder
 
 torch.set_num_threads(1)  # the box is shared; more threads only thrash under load
 

@@ -11,9 +11,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from vllm_runtime.model_assets import tiny_llama_folder
 from training.__main__ import main
 from training.models import IDENTITY_FILE, model_identity
+from vllm_runtime.model_assets import tiny_llama_folder
 
 torch.set_num_threads(1)  # the box is shared
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_runtime.model_assets import tiny_llama_folder
 from training.config import TaskConfig, TrainConfig
 from training.data import global_batch, tokenize_examples, worker_micro_batches
 from training.loop import LocalCheckpointStore, lr_multiplier, train_decoder
 from training.models import load_base, make_decoder
 from training.objective import per_sample_nll
 from training.tasks import get_task
+from vllm_runtime.model_assets import tiny_llama_folder
 
 torch.set_num_threads(1)  # the box is shared; more threads only thrash under load
 

@@ -14,7 +14,7 @@ import pytest
 
 from contract.config import EngineOptions
 from vllm_runtime import nixl_tuning
-from vllm_runtime.engine_args import EngineSpec, engine_kwargs, cpu_has_fast_bf16, resolve_dtype
+from vllm_runtime.engine_args import EngineSpec, cpu_has_fast_bf16, engine_kwargs, resolve_dtype
 from vllm_runtime.engine_stats import EngineCounters
 from vllm_runtime.replica_env import apply, cpu_bind_for, engine_environment, free_port, node_host
 

@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from vllm_runtime.model_assets import resolve_model
 from training.config import DecoderRef, LoraConfig, Mode
+from vllm_runtime.model_assets import resolve_model
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-from routing.interface import RoutingPolicy
-from routing.policy import RoutingPolicyConfig
-from routing.registry import POLICIES, make_policy
 from bench.routing_sim.sim_replica import ServiceModel
 from bench.routing_sim.simulation import ClusterEvent, Scenario
 from bench.routing_sim.workload import WorkloadConfig
+from routing.interface import RoutingPolicy
+from routing.policy import RoutingPolicyConfig
+from routing.registry import POLICIES, make_policy
 
 SERVICE = ServiceModel()
 BASE = WorkloadConfig()

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from routing.block_hashes import extend_block_hashes
-from routing.interface import ReplicaLoad, RouteRequest, RoutingPolicy
 from bench.routing_sim.sim_replica import ServiceModel, SimJob, SimReplica
 from bench.routing_sim.workload import SessionPlan, WorkflowPlan, WorkloadConfig, make_sessions
+from routing.block_hashes import extend_block_hashes
+from routing.interface import ReplicaLoad, RouteRequest, RoutingPolicy
 
 
 @dataclass(frozen=True)

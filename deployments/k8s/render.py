@@ -23,13 +23,19 @@ import yaml
 from pydantic import ValidationError
 
 from contract.config import format_validation_error
+from deployments.exit_codes import EXIT_FAILED as EXIT_DIFFERS
+from deployments.exit_codes import EXIT_OK, EXIT_USAGE
 from deployments.k8s.cluster import ClusterConfig, load_cluster_config
-from deployments.k8s.manifests import (cluster_train_config, models_claim, ray_job, ray_service,
-                                       train_config_map)
+from deployments.k8s.manifests import (
+    cluster_train_config,
+    models_claim,
+    ray_job,
+    ray_service,
+    train_config_map,
+)
 from deployments.k8s.placement import group_plans, place, serve_config_v2
 from deployments.serve_config import ServeFile, load_serve_file
 
-EXIT_OK, EXIT_DIFFERS, EXIT_CONFIG = 0, 1, 2
 DEFAULT_TRAIN_CONFIG = Path(__file__).resolve().parents[2] / "training/configs/study_arith_prefillshare.yaml"
 
 
@@ -116,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         files = render_paths(args.config, args.cluster, args.train_config)
     except ValidationError as exc:
         print(f"render-k8s: {format_validation_error(exc)}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     except (ValueError, KeyError) as exc:
         print(f"render-k8s: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     out = Path(args.out)
     if args.check:
         problems = differences(files, out)

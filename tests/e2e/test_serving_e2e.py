@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from contract.wire import SamplingSpec
 from bench.running_app import running_app, tiny_engine, tiny_models, wait_for
+from contract.wire import SamplingSpec
 
 pytestmark = pytest.mark.slow
 

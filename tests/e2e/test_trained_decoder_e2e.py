@@ -5,7 +5,6 @@ context. The contract test checks random decoders; this one checks the training 
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
