@@ -7,16 +7,22 @@ end after ``natural_length`` tokens unless ignore_eos (finish "stop", like EOS),
 top-k alternatives, and reports a prefix-cache hit count like an engine with ``block_size``
 blocks would. It records every request and whether each stream was closed before its end,
 which is how tests check that the API aborts work when a client goes away.
+
+``reply`` scripts the output instead (a tool call, a JSON answer): a function of the request
+that returns the text, streamed a few characters per delta and ended with "stop". n > 1 goes
+through the ingress's own fan-out (router_service/choices.py), one fake sequence per choice.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from contract.wire import GenerationDelta, ServingError, TokenLogprob
 from router_service.backend import GenerationRequest
+from router_service.choices import fan_out
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,9 @@ def fake_tokens(prompt_token_ids: tuple[int, ...], count: int) -> list[FakeToken
 
 class FakeBackend:
     def __init__(self, natural_length: int = 8, tokens_per_delta: int = 1,
-                 delay_s: float = 0.0, block_size: int = 16) -> None:
+                 delay_s: float = 0.0, block_size: int = 16,
+                 reply: Callable[[GenerationRequest], str] | None = None) -> None:
+        self.reply = reply
         self.natural_length = natural_length
         self.tokens_per_delta = tokens_per_delta
         self.delay_s = delay_s
@@ -54,16 +62,33 @@ class FakeBackend:
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         self.requests.append(request)
-        return self._run(request)
+        if request.n == 1:
+            return self._run(request)
 
-    async def _run(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
+        def one(index: int, prefilled: asyncio.Event) -> AsyncIterator[GenerationDelta]:
+            prefilled.set()
+            seed = request.sampling.seed
+            sampling = dataclasses.replace(request.sampling,
+                                           seed=None if seed is None else seed + index)
+            return self._run(dataclasses.replace(
+                request, request_id=f"{request.request_id}-{index}", sampling=sampling, n=1),
+                shift=index)
+
+        return fan_out(one, request.n)
+
+    async def _run(self, request: GenerationRequest,
+                   shift: int = 0) -> AsyncIterator[GenerationDelta]:
+        """``shift``: choice i of n>1 generates the sequence of a prompt i larger, so the
+        choices differ as sampled choices would."""
         finished = False
         try:
             if self.fail_with is not None and self.fail_after_deltas is None:
                 raise self.fail_with
             cached = self._cached_tokens(request.prompt_token_ids)
             self._seen_prompts.append(request.prompt_token_ids)
-            async for delta in self._deltas(request, cached):
+            deltas = (self._scripted(request, cached) if self.reply is not None
+                      else self._deltas(request, cached, shift))
+            async for delta in deltas:
                 if delta.finish_reason:
                     # Done from the engine's point of view: closing the stream after this
                     # final delta is normal, not an abort.
@@ -75,13 +100,25 @@ class FakeBackend:
                 self.closed_early.add(request.request_id)
                 self.closed.set()
 
-    async def _deltas(self, request: GenerationRequest,
-                      cached: int) -> AsyncIterator[GenerationDelta]:
+    async def _scripted(self, request: GenerationRequest,
+                        cached: int) -> AsyncIterator[GenerationDelta]:
+        assert self.reply is not None
+        text = self.reply(request)
+        pieces = [text[i:i + 4] for i in range(0, len(text), 4)] or [""]
+        for i, piece in enumerate(pieces):
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            last = i == len(pieces) - 1
+            yield GenerationDelta(text=piece, token_ids=(i,), finish_reason="stop" if last else None,
+                                  num_cached_prompt_tokens=cached if last else None)
+
+    async def _deltas(self, request: GenerationRequest, cached: int,
+                      shift: int = 0) -> AsyncIterator[GenerationDelta]:
         sampling = request.sampling
         length = sampling.max_tokens
         if not sampling.ignore_eos:
             length = min(length, self.natural_length)
-        tokens = fake_tokens(request.prompt_token_ids, length)
+        tokens = fake_tokens(request.prompt_token_ids + (shift,) * bool(shift), length)
         text, emitted, sent = "", 0, 0
         for start in range(0, len(tokens), self.tokens_per_delta):
             if self.delay_s:

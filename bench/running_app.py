@@ -63,17 +63,19 @@ class RunningApp:
                   lora_name: str | None = None) -> tuple[list[int], list[float], Any]:
         """One greedy P/D request through the Serve handles (below the HTTP API): the token
         ids, each chosen token's logprob, and the prefill result."""
-        from contract.wire import SamplingSpec
+        from contract.wire import DecodeRequest, GenerationDelta, PrefillRequest, SamplingSpec
 
         async def run() -> tuple[list[int], list[float], Any]:
             rid = uuid.uuid4().hex
-            pre = await self.handle(prefill).prefill.remote(rid, prompt)
+            pre = await self.handle(prefill).prefill.remote(PrefillRequest(rid, tuple(prompt)))
             spec = SamplingSpec(max_tokens=max_tokens, temperature=0.0, logprobs=0, ignore_eos=True)
             ids: list[int] = []
             lps: list[float] = []
-            gen = self.handle(decode).options(stream=True).generate.remote(
-                rid, prompt, spec, pre.kv_transfer_params, lora_name)
+            gen = self.handle(decode).options(stream=True).generate.remote(DecodeRequest(
+                rid, tuple(prompt), spec, pre.kv_transfer_params, lora_name))
             async for delta in gen:
+                if not isinstance(delta, GenerationDelta):
+                    continue  # KvLoaded
                 ids.extend(delta.token_ids)
                 lps.extend(t.logprob for t in delta.logprobs or ())
             return ids, lps, pre

@@ -98,6 +98,9 @@ class RoleConfig(_Strict):
     kv_load_failure_policy: Literal["fail", "recompute"] | None = Field(
         None, description="Overrides the app's policy for this role's decode pool."
     )
+    default_max_tokens: int | None = Field(
+        None, ge=1, description="Output limit of a request without max_tokens; default: the "
+        "rest of the context window (as vLLM).")
 
     @field_validator("name")
     @classmethod

@@ -17,3 +17,4 @@ class ServedRole:
     prefill_deployment: str = ""  # Serve deployment names; empty where no pipeline runs (tests)
     decode_deployment: str = ""
     lora_name: str | None = None  # the adapter the decode pool applies; None: its own weights
+    default_max_tokens: int | None = None  # without max_tokens; None: the rest of the window

@@ -30,16 +30,35 @@ class RouteHints:
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on every sampled token (vLLM's StructuredOutputsParams): exactly one of
+    ``json`` (a JSON Schema, as JSON text), ``json_object`` or ``structural_tag`` (xgrammar's
+    structural tag, as JSON text: how tool_choice required/named force a tool call)."""
+
+    json: str | None = None
+    json_object: bool = False
+    structural_tag: str | None = None
+
+
+@dataclass(frozen=True)
 class SamplingSpec:
-    """The sampling knobs the API accepts, already validated (maps onto vLLM SamplingParams)."""
+    """One decode sequence's sampling knobs, validated by the ingress (maps one to one onto
+    vLLM's SamplingParams on the decode engine). n>1 is n decode requests, one per choice."""
 
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # top-k alternatives per token; None: no logprobs at all
     ignore_eos: bool = False
+    min_tokens: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids checked in the vocab
+    structured_output: StructuredOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,7 @@ class GenerationDelta:
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: str | None = None  # "stop" | "length" | None while running
+    index: int = 0  # which choice (n>1): the ingress numbers its decode sequences
     # Filled on the final delta: what the serving path did for this request.
     num_cached_prompt_tokens: int | None = None
     stats: dict[str, float] = field(default_factory=dict)

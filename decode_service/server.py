@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,18 +35,32 @@ KV_LOADED = KvLoaded()
 
 
 def sampling_params(spec: SamplingSpec, kv_transfer_params: dict[str, Any] | None) -> Any:
+    """The wire's SamplingSpec as vLLM SamplingParams, streaming deltas."""
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     extra = {"kv_transfer_params": kv_transfer_params} if kv_transfer_params else None
+    structured = None
+    if spec.structured_output is not None:
+        so = spec.structured_output
+        structured = StructuredOutputsParams(
+            json=json.loads(so.json) if so.json is not None else None,
+            json_object=so.json_object or None, structural_tag=so.structural_tag)
     return SamplingParams(
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
         top_p=spec.top_p,
         seed=spec.seed,
         stop=list(spec.stop) or None,
+        stop_token_ids=list(spec.stop_token_ids) or None,
         logprobs=spec.logprobs,
         ignore_eos=spec.ignore_eos,
+        min_tokens=spec.min_tokens,
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
+        repetition_penalty=spec.repetition_penalty,
+        logit_bias=dict(spec.logit_bias) or None,
+        structured_outputs=structured,
         output_kind=RequestOutputKind.DELTA,
         extra_args=extra,
     )

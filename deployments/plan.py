@@ -86,7 +86,8 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         core += role.decode_pool.replicas * role.decode_pool.engine.cpu_threads
         roles.append(ServedRole(role.name, role.instructions,
                                 prefill_deployment_name(role.prefill_pool),
-                                decode_deployment_name(role)))
+                                decode_deployment_name(role),
+                                default_max_tokens=role.default_max_tokens))
     if lora_roles:
         assert cfg.lora_pool is not None  # the schema guarantees it
         lp = cfg.lora_pool
@@ -105,7 +106,8 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters))
         for r in lora_roles:
             roles.append(ServedRole(r.name, r.instructions, prefill_deployment_name(r.prefill_pool),
-                                    decode_deployment_name(r), lora_name=r.name))
+                                    decode_deployment_name(r), lora_name=r.name,
+                                    default_max_tokens=r.default_max_tokens))
     order = {r.name: i for i, r in enumerate(cfg.roles)}
     roles.sort(key=lambda r: order[r.name])
     return DeploymentPlan(tuple(prefill), tuple(decode), tuple(roles), base)

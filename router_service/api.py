@@ -45,9 +45,9 @@ from router_service.openai_schema import (
     ModelList,
 )
 from router_service.openapi_doc import install_openapi
-from router_service.prompt_builder import PromptBuilder, PromptTemplateError, Turn
+from contract.prompt_layout import PromptBuilder, PromptTemplateError, role_suffix
+from router_service.tool_calls import conversation_turns, plan_tools
 from router_service.sampling_params import (
-    DEFAULT_MAX_TOKENS_CAP,
     chat_sampling,
     check_token_ids,
     completion_sampling,
@@ -66,17 +66,18 @@ _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 @dataclass(frozen=True)
 class _Limits:
     max_model_len: int
-    default_max_tokens: int
+    default_max_tokens: int | None  # None: the rest of the context window (vLLM's default)
     vocab_size: int | None
     max_messages: int = DEFAULT_MAX_MESSAGES
 
 
 def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer: Any,
               max_model_len: int, session_header: str = "x-session-id", *,
-              default_max_tokens: int = DEFAULT_MAX_TOKENS_CAP,
+              default_max_tokens: int | None = None,
               guard: RequestGuard | None = None,
               max_messages: int = DEFAULT_MAX_MESSAGES) -> FastAPI:
-    """The whole HTTP surface. ``roles``: the served roles (name and instructions are read);
+    """The whole HTTP surface. ``roles``: the served roles (name, instructions and
+    default_max_tokens are read; ``default_max_tokens`` here applies to roles without one);
     ``tokenizer`` is the BASE model's transformers tokenizer (its chat template builds every
     role's prompt); ``max_model_len`` is the smallest context window on the serving path;
     ``guard`` checks API keys, rate and body size (router_service.guard; None: none of it)."""
@@ -124,33 +125,41 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
         headers = {REQUEST_ID_HEADER: gen.request_id}
         if stream:
             events = stream_events(first, deltas, chunks, len(gen.prompt_token_ids),
-                                   usage_in_stream)
+                                   usage_in_stream, gen.n)
             return SSEResponse(events, headers={**headers, **_STREAM_HEADERS})
-        out = await collect(first, deltas)
+        out = await collect(first, deltas, gen.n)
         return JSONResponse(whole(out).model_dump(mode="json"), headers=headers)
+
+    def max_tokens_of(role: ServedRole, requested: int | None, prompt_len: int,
+                      prompt_param: str = "messages") -> int:
+        default = role.default_max_tokens or limits.default_max_tokens
+        return resolve_max_tokens(requested, prompt_len, limits.max_model_len, default,
+                                  prompt_param=prompt_param)
 
     async def chat(role: ServedRole, body: ChatCompletionRequest, request: Request) -> Response:
         request.state.metrics_role = role.name  # the label router_service/metering.py uses
         if len(body.messages) > limits.max_messages:
-            raise ServingError(f"At most {limits.max_messages} messages are accepted in one request; "
-                           f"got {len(body.messages)}.", param="messages", code="too_many_messages")
-        turns = [Turn(m.role, m.text()) for m in body.messages]
+            raise ServingError(f"At most {limits.max_messages} messages are accepted in one "
+                               f"request; got {len(body.messages)}.", param="messages",
+                               code="too_many_messages")
+        tools = plan_tools(body, tokenizer)
         # Tokenized on the event loop on purpose: a few ms at most, and a fast tokenizer
         # shared across threads fails with "Already borrowed" under concurrent use.
         try:
-            prompt = builder.chat_prompt(turns, role.instructions)
+            prompt = builder.chat_prompt(conversation_turns(body.messages),
+                                         role_suffix(role.instructions, tools.rendered_tools))
         except PromptTemplateError as exc:
             raise ServingError(str(exc), param="messages") from exc
         ids = prompt.token_ids
-        max_tokens = resolve_max_tokens(body.requested_max_tokens(), len(ids),
-                                        limits.max_model_len, limits.default_max_tokens)
+        max_tokens = max_tokens_of(role, body.requested_max_tokens(), len(ids))
+        sampling = chat_sampling(body, max_tokens, limits.vocab_size, tools.structured_output)
         meta = RequestMeta(f"chatcmpl-{uuid.uuid4().hex}", role.name, len(ids))
         want_logprobs = bool(body.logprobs)
         return await respond(
-            GenerationRequest(meta.request_id, role.name, ids, chat_sampling(body, max_tokens),
-                              session_of(request, body.user)),
-            body.stream, body.wants_usage_in_stream(), ChatChunks(meta, want_logprobs),
-            lambda out: chat_response(meta, out, want_logprobs))
+            GenerationRequest(meta.request_id, role.name, ids, sampling,
+                              session_of(request, body.user), body.choices()),
+            body.stream, body.wants_usage_in_stream(), ChatChunks(meta, want_logprobs, tools),
+            lambda out: chat_response(meta, out, want_logprobs, tools))
 
     async def complete(role: ServedRole, body: CompletionRequest, request: Request) -> Response:
         request.state.metrics_role = role.name
@@ -158,13 +167,13 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
         if not isinstance(raw, str) and limits.vocab_size is not None:
             check_token_ids(raw, limits.vocab_size)
         ids = builder.completion_prompt(raw).token_ids
-        max_tokens = resolve_max_tokens(body.max_tokens, len(ids), limits.max_model_len,
-                                        limits.default_max_tokens, prompt_param="prompt")
+        max_tokens = max_tokens_of(role, body.max_tokens, len(ids), prompt_param="prompt")
+        sampling = completion_sampling(body, max_tokens, limits.vocab_size)
         meta = RequestMeta(f"cmpl-{uuid.uuid4().hex}", role.name, len(ids))
         want_logprobs = body.logprobs is not None
         return await respond(
-            GenerationRequest(meta.request_id, role.name, ids,
-                              completion_sampling(body, max_tokens), session_of(request, body.user)),
+            GenerationRequest(meta.request_id, role.name, ids, sampling,
+                              session_of(request, body.user), body.choices()),
             body.stream, body.wants_usage_in_stream(), CompletionChunks(meta, want_logprobs),
             lambda out: completion_response(meta, out, want_logprobs))
 

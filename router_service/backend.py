@@ -21,6 +21,7 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingSpec
     session_id: str | None = None
+    n: int = 1  # choices: each its own decode sequence (router_service/choices.py)
 
 
 class GenerationBackend(Protocol):

@@ -1,19 +1,39 @@
 """The OpenAI wire format the ingress speaks: request bodies in, response bodies out.
 
-Pure pydantic, used by the ingress process. Requests are validated here so that a bad field
+Pydantic, used by the ingress process. Requests are validated here so that a bad field
 becomes a 400 that names it (see router_service.errors); unknown fields are ignored, as
-OpenAI's API does, but known fields this server cannot honour (n > 1, penalties, echo, tools)
-are refused rather than silently dropped, since a client relying on them would get wrong output.
+OpenAI's API does, but known fields this server cannot honour (echo, suffix, best_of) are
+refused rather than silently dropped, since a client relying on them would get wrong output.
+The tool and response-format shapes are vLLM's own protocol models (vllm.entrypoints), so a
+request means here what it means to `vllm serve`; the envelope stays ours, for its 400s.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from vllm.entrypoints.generate.base.protocol import (
+    DeltaToolCall,
+    FunctionCall,
+    ResponseFormat,
+    ToolCall,
+)
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionNamedToolChoiceParam,
+    ChatCompletionToolsParam,
+)
 
 MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 16  # n: each choice is its own decode sequence (and KV pull)
 # JSON may escape a lone UTF-16 surrogate ("\ud800"); Python then holds a str that cannot be
 # encoded as UTF-8, which the tokenizer, the routing hashes and the response encoder all choke on.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -27,7 +47,9 @@ def _has_lone_surrogate(value: object) -> bool:
         return any(_has_lone_surrogate(v) for v in value)
     if isinstance(value, dict):
         return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    return False  # numbers, None, and nested models (checked by their own validator)
+    if isinstance(value, BaseModel) and not isinstance(value, _Lenient):
+        return _has_lone_surrogate(value.model_dump())  # vLLM's models: no validator of ours
+    return False  # numbers, None, and our nested models (checked by their own validator)
 
 
 class _Lenient(BaseModel):
@@ -55,6 +77,8 @@ class ChatMessage(_Lenient):
     # None is legal for assistant turns that only carried tool calls; it renders as "".
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: which call it answers
 
     def text(self) -> str:
         if self.content is None:
@@ -78,17 +102,21 @@ class _SamplingFields(_Lenient):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-_INT64, lt=_INT64)  # vLLM seeds a torch generator
     user: str | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    # vLLM extensions, as `vllm serve` names them.
+    repetition_penalty: float | None = Field(None, gt=0, le=2)
+    min_tokens: int | None = Field(None, ge=0)
+    stop_token_ids: list[int] | None = None
     logit_bias: dict[str, float] | None = None
-    # vLLM extension, kept so benchmarks can force a fixed output length.
+    # Kept so benchmarks can force a fixed output length.
     ignore_eos: bool = False
 
     @field_validator("n")
     @classmethod
-    def _only_one_choice(cls, v: int | None) -> int | None:
-        if v is not None and v != 1:
-            raise ValueError("only n=1 is supported: send separate requests for more choices")
+    def _choices_bounded(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= MAX_CHOICES:
+            raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
         return v
 
     @field_validator("stop")
@@ -101,19 +129,21 @@ class _SamplingFields(_Lenient):
                 raise ValueError("stop sequences must not be empty")
         return v
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, v: float | None) -> float | None:
-        if v:
-            raise ValueError("penalties are not supported by this server; send 0 or omit it")
-        return v
-
     @field_validator("logit_bias")
     @classmethod
-    def _no_logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v:
-            raise ValueError("logit_bias is not supported by this server")
+    def _bias_keys_are_token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (v or {}).items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys are token ids; got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias values must be in [-100, 100]; got {bias}")
         return v
+
+    def bias_by_token(self) -> dict[int, float]:
+        return {int(k): float(b) for k, b in (self.logit_bias or {}).items()}
+
+    def choices(self) -> int:
+        return self.n or 1
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None or self.stop == "":
@@ -124,27 +154,18 @@ class _SamplingFields(_Lenient):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+ToolChoice = Literal["none", "auto", "required"] | ChatCompletionNamedToolChoiceParam
+
+
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[dict[str, object]] | None = None
-    response_format: dict[str, object] | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list[dict[str, object]] | None) -> list[dict[str, object]] | None:
-        if v:
-            raise ValueError("tool calling is not supported by this server")
-        return v
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, v: dict[str, object] | None) -> dict[str, object] | None:
-        if v and v.get("type", "text") != "text":
-            raise ValueError("only response_format {\"type\": \"text\"} is supported")
-        return v
+    tools: list[ChatCompletionToolsParam] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = True
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
@@ -158,6 +179,12 @@ class ChatCompletionRequest(_SamplingFields):
 
     def logprobs_k(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    def effective_tool_choice(self) -> str | ChatCompletionNamedToolChoiceParam:
+        """OpenAI's default: "auto" with tools, "none" without."""
+        if self.tool_choice is not None:
+            return self.tool_choice
+        return "auto" if self.tools else "none"
 
 
 class CompletionRequest(_SamplingFields):
@@ -216,7 +243,7 @@ class CompletionRequest(_SamplingFields):
 
 # ---- responses ------------------------------------------------------------------------------
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class PromptTokensDetails(BaseModel):
@@ -247,7 +274,16 @@ class ChatLogprobs(BaseModel):
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_only_when_made(self, handler: Any) -> dict[str, Any]:
+        # OpenAI leaves the key out of a message without calls; `content` stays, null or not.
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatChoice(BaseModel):
@@ -270,6 +306,7 @@ class ChatCompletionResponse(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -31,6 +31,7 @@ from contract.wire import (
     ServingError,
 )
 from router_service.backend import GenerationRequest
+from router_service.choices import fan_out
 from routing.block_hashes import prompt_block_hashes
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,30 @@ class PrefillShareBackend:
         if role is None:
             raise ServingError(f"unknown role {request.role!r}", 404, retryable=False)
         deadline = time.monotonic() + self.timeouts.request_s
+        if request.n == 1:
+            async with contextlib.aclosing(self._choice(role, request, deadline)) as it:
+                async for delta in it:
+                    yield delta
+            return
+
+        def one(index: int, prefilled: asyncio.Event) -> AsyncIterator[GenerationDelta]:
+            return self._choice(role, _nth_choice(request, index), deadline, prefilled)
+
+        async with contextlib.aclosing(fan_out(one, request.n)) as merged:
+            async for delta in merged:
+                yield delta
+
+    async def _choice(self, role: ServedRole, request: GenerationRequest, deadline: float,
+                      prefilled: asyncio.Event | None = None) -> AsyncIterator[GenerationDelta]:
+        """One decode sequence, retried on another replica while nothing reached the client."""
         for attempt in range(self.max_retries + 1):
             rid = request.request_id if attempt == 0 else f"{request.request_id}-r{attempt}"
             streamed = False
             try:
                 # aclosing: when our consumer closes us early, the attempt (and its decode
                 # stream) closes now, not whenever the event loop finalizes the generator.
-                async with contextlib.aclosing(self._attempt(role, request, rid, deadline)) as it:
+                async with contextlib.aclosing(
+                        self._attempt(role, request, rid, deadline, prefilled)) as it:
                     async for delta in it:
                         streamed = True
                         yield delta
@@ -129,7 +147,8 @@ class PrefillShareBackend:
         log.warning("request %s: %s (%s), retrying (%d)", rid, reason, exc, attempt + 1)
 
     async def _attempt(self, role: ServedRole, request: GenerationRequest, rid: str,
-                       deadline: float) -> AsyncIterator[GenerationDelta]:
+                       deadline: float, prefilled: asyncio.Event | None = None,
+                       ) -> AsyncIterator[GenerationDelta]:
         t0 = time.perf_counter()
         prompt = tuple(request.prompt_token_ids)
         prefill_pool = self.prefill[role.prefill_deployment]
@@ -142,6 +161,8 @@ class PrefillShareBackend:
         except asyncio.TimeoutError as exc:
             raise clock.expired() from exc
         t_prefill = time.perf_counter()
+        if prefilled is not None:
+            prefilled.set()
         params = prefill.kv_transfer_params
         decode_request = DecodeRequest(
             rid, prompt, request.sampling, params, role.lora_name,
@@ -174,6 +195,16 @@ class PrefillShareBackend:
             if first:
                 # Decode never produced a token: make sure the prefill blocks are not stranded.
                 await _release_quietly(decode_pool.client, ReleaseRequest(f"{rid}-release", params))
+
+
+def _nth_choice(request: GenerationRequest, index: int) -> GenerationRequest:
+    """Choice ``index`` of an n>1 request: its own request id and, as vLLM seeds its n
+    children, seed + index."""
+    seed = request.sampling.seed
+    sampling = dataclasses.replace(request.sampling,
+                                   seed=None if seed is None else seed + index)
+    rid = request.request_id if index == 0 else f"{request.request_id}-{index}"
+    return dataclasses.replace(request, request_id=rid, sampling=sampling, n=1)
 
 
 def _route(request: GenerationRequest, prompt: tuple[int, ...], pool: Pool,

@@ -51,14 +51,37 @@ BAD_CHAT_FIELDS = [
     ({"max_tokens": 0}, "max_tokens"),
     ({"max_tokens": "many"}, "max_tokens"),
     ({"max_completion_tokens": -3}, "max_completion_tokens"),
-    ({"n": 2}, "n"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
-    ({"frequency_penalty": -1}, "frequency_penalty"),
-    ({"logit_bias": {"12": 3}}, "logit_bias"),
+    ({"n": 0}, "n"),
+    ({"n": 17}, "n"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"min_tokens": -1}, "min_tokens"),
+    ({"logit_bias": {"twelve": 3}}, "logit_bias"),
+    ({"logit_bias": {"12": 300}}, "logit_bias"),
+    ({"logit_bias": {"99999999": 1}}, "logit_bias"),
+    ({"stop_token_ids": [99999999]}, "stop_token_ids"),
     ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function"}]}, "tools.0.function"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
+     "tools.0.function.parameters"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema",
+                          "json_schema": {"name": "x", "schema": {"type": "nothing"}}}},
+     "response_format.json_schema.schema"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}],
+      "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "call_1"}]},
+     "messages.0.tool_call_id"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, "messages.0.tool_call_id"),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+     "messages.0.tool_calls"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
 ]
@@ -74,10 +97,18 @@ async def test_bad_chat_fields_are_400_naming_the_field(api_client: Any, fields:
     assert param.split(".")[0] in err["message"]
 
 
-async def test_n_greater_than_one_message_is_clear(api_client: Any) -> None:
+async def test_n_out_of_range_message_is_clear(api_client: Any) -> None:
     err = assert_openai_error(
-        await api_client.post("/v1/chat/completions", json=chat_body(model="planner", n=3)), 400)
-    assert "only n=1 is supported" in err["message"]
+        await api_client.post("/v1/chat/completions", json=chat_body(model="planner", n=30)), 400)
+    assert "n must be between 1 and 16" in err["message"]
+
+
+async def test_bad_tool_input_never_reaches_the_backend(api_client: Any,
+                                                        api_backend: FakeBackend) -> None:
+    before = len(api_backend.requests)
+    for fields, _ in BAD_CHAT_FIELDS:
+        await api_client.post("/v1/chat/completions", json={**chat_body(model="planner"), **fields})
+    assert len(api_backend.requests) == before
 
 
 async def test_top_logprobs_without_logprobs_is_400(api_client: Any) -> None:

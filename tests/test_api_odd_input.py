@@ -143,14 +143,15 @@ async def test_odd_bytes_in_the_path_are_not_5xx(client: httpx.AsyncClient, path
 # ---- n, logprobs ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
-async def test_n_above_one_is_a_clear_400_and_n_one_works(client: httpx.AsyncClient,
-                                                          path: str) -> None:
+async def test_n_out_of_range_is_a_clear_400_and_in_range_works(client: httpx.AsyncClient,
+                                                                path: str) -> None:
     base = chat_body(model="planner") if path == CHAT else {"model": "planner", "prompt": "hi"}
-    for n in (2, 16, 0, -1):
+    for n in (17, 0, -1):
         err = assert_openai_error(await client.post(path, json={**base, "n": n}), 400, param="n")
-        assert "n=1" in err["message"]
-    for n in (1, None):
-        assert (await client.post(path, json={**base, "n": n})).status_code == 200
+        assert "n must be between 1 and 16" in err["message"]
+    for n, choices in ((1, 1), (None, 1), (3, 3), (16, 16)):
+        resp = await client.post(path, json={**base, "n": n})
+        assert resp.status_code == 200 and len(resp.json()["choices"]) == choices
 
 
 @pytest.mark.parametrize("top", [0, 1, 20])

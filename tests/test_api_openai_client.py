@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from bench.fake_backend import FakeBackend, fake_tokens
-from router_service.prompt_builder import PromptBuilder, Turn
+from contract.prompt_layout import PromptBuilder, Turn
 from tests.api_fixtures import make_app, smollm2_tokenizer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.api_fixtures import smollm2_tokenizer
 
-from router_service.prompt_builder import PromptBuilder, Turn
+from contract.prompt_layout import PromptBuilder, Turn
 
 CONVERSATION = [
     Turn("system", "You are a team of agents solving a coding task."),

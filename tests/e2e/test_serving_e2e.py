@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from bench.running_app import running_app, tiny_engine, tiny_models, wait_for
-from contract.wire import SamplingSpec
+from contract.wire import DecodeRequest, GenerationDelta, SamplingSpec
 
 pytestmark = pytest.mark.slow
 
@@ -174,9 +174,10 @@ def _decode_with(app, role: str, prompt: list[int], params: dict) -> list[int]:
         spec = SamplingSpec(max_tokens=4, temperature=0.0, ignore_eos=True)
         out: list[int] = []
         gen = app.handle(f"decode-{role}").options(stream=True).generate.remote(
-            uuid.uuid4().hex, prompt, spec, params, None)
+            DecodeRequest(uuid.uuid4().hex, tuple(prompt), spec, params))
         async for delta in gen:
-            out.extend(delta.token_ids)
+            if isinstance(delta, GenerationDelta):  # not the KvLoaded marker
+                out.extend(delta.token_ids)
         return out
 
     return asyncio.run(go())

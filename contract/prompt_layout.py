@@ -1,6 +1,9 @@
-"""Turns a conversation into prompt token ids with the BASE model's tokenizer and chat template.
+"""The prompt layout that serving and training share: a conversation (tool calls and tool
+results included) into prompt token ids, with the BASE model's tokenizer and chat template.
 
-Runs in the ingress process; pure Python over a transformers tokenizer (no Ray, no vLLM).
+Runs in the ingress process and in training (training/ builds its examples with it, so a
+decoder is trained on exactly the layout it is served with); pure Python over a transformers
+tokenizer (no Ray, no vLLM).
 
 The layout is what makes prefill sharing pay off. Every role's prompt is
 ``context tokens`` + ``role tokens``, where the context is the conversation rendered by the
@@ -10,6 +13,14 @@ the context is a common token PREFIX across roles, and since a multi-turn agent 
 appends messages, each call's context extends the previous call's context: the prefill pool's
 prefix cache hits on everything but the new turns and the short role suffix.
 
+Tools keep that property. The chat template carried by the base (ChatML) knows no tools, so
+the layout is ours, in the Hermes format that vLLM's ``hermes`` tool parser reads: a call is
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` in the assistant's text, a result
+is a ``tool`` turn wrapping ``<tool_response>``, and the tool definitions go in the ROLE
+suffix, after the shared conversation. Chat templates that put tools at the top would make
+every role with its own tools a different prefix; here roles with different tools still share
+the whole conversation.
+
 Token-level prefixes need more than string prefixes: a BPE tokenizer may merge characters
 across a boundary. So each message's rendering is tokenized on its own and the pieces are
 concatenated; with a template that renders message k as a string extension of messages < k
@@ -18,8 +29,9 @@ concatenated; with a template that renders message k as a string extension of me
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +59,47 @@ class BuiltPrompt:
     token_ids: tuple[int, ...]
     # How many leading tokens are the shared conversation context (the rest is role-specific).
     context_len: int
+
+
+TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n")
+TOOLS_CLOSING = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+
+
+def tools_text(tools: Sequence[Mapping[str, Any]]) -> str:
+    """The tool signatures as the role suffix lists them (OpenAI ``tools`` entries)."""
+    return TOOLS_PREAMBLE + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools) + TOOLS_CLOSING
+
+
+def role_suffix(instructions: str | None, tools: Sequence[Mapping[str, Any]] | None) -> str | None:
+    """What follows the shared conversation for one role: its instructions, then its tools."""
+    parts = [p for p in (instructions, tools_text(tools) if tools else None) if p]
+    return "\n\n".join(parts) or None
+
+
+def tool_call_text(name: str, arguments: str | Mapping[str, Any]) -> str:
+    """One call as the model writes it; ``arguments`` as OpenAI sends them (JSON text) or
+    parsed. Text that is not JSON stays as it came."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            pass
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return f'<tool_call>\n{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {args}}}\n</tool_call>'
+
+
+def assistant_text(content: str, calls: Sequence[tuple[str, str | Mapping[str, Any]]]) -> str:
+    """An assistant turn of the history: its text, then each (name, arguments) call."""
+    return "\n".join([content] * bool(content) + [tool_call_text(n, a) for n, a in calls])
+
+
+def tool_result_text(content: str) -> str:
+    return f"<tool_response>\n{content}\n</tool_response>"
 
 
 class PromptTemplateError(ValueError):
