@@ -70,9 +70,10 @@ class FakeBackend:
             seed = request.sampling.seed
             sampling = dataclasses.replace(request.sampling,
                                            seed=None if seed is None else seed + index)
-            return self._run(dataclasses.replace(
-                request, request_id=f"{request.request_id}-{index}", sampling=sampling, n=1),
-                shift=index)
+            choice = dataclasses.replace(request, request_id=f"{request.request_id}-{index}",
+                                         sampling=sampling, n=1)
+            self.requests.append(choice)  # after the request itself: one per choice
+            return self._run(choice, shift=index)
 
         return fan_out(one, request.n)
 

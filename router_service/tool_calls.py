@@ -50,7 +50,11 @@ class ChoiceParser:
 
     def delta(self, text: str, token_ids: Sequence[int], finished: bool) -> Any:
         """A vLLM DeltaMessage (content and/or tool_calls) for new text, or None."""
-        message = self._parser.parse_delta(text, list(token_ids), self._request, finished=finished)
+        # prompt_token_ids only tell vLLM whether a reasoning block is still open at the end
+        # of the prompt; with no reasoning parser any list marks it closed, which starts the
+        # tool-call phase (None would leave the text as plain content).
+        message = self._parser.parse_delta(text, list(token_ids), self._request,
+                                           prompt_token_ids=[], finished=finished)
         if message is not None and message.tool_calls and not self._parallel:
             message.tool_calls = [c for c in message.tool_calls if c.index == 0]
         return message

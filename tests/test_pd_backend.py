@@ -332,3 +332,34 @@ async def test_unknown_role_is_404():
     assert info.value.retryable is False
     assert "'painter'" in str(info.value)
     assert prefill.calls == []
+
+
+async def test_n_choices_prefill_first_then_one_decode_sequence_each():
+    prefill, decode = FakePrefill(), FakeDecode()
+    request = GenerationRequest("req", "coder", (5, 6, 7), SamplingSpec(max_tokens=3, seed=9),
+                                session_id="s1", n=3)
+    deltas = await _collect(_backend(prefill, decode), request)
+
+    by_choice = {i: [d.text for d in deltas if d.index == i] for i in range(3)}
+    assert by_choice == {i: ["t0", "t1", "t2"] for i in range(3)}
+    # Choice 0 prefilled alone; the others followed (and hit the prefix cache in service).
+    rids = [c[0] for c in prefill.calls]
+    assert rids[0] == "req" and sorted(rids[1:]) == ["req-1", "req-2"]
+    assert sorted(c["rid"] for c in decode.calls) == ["req", "req-1", "req-2"]
+    # Each choice is its own decode sequence with n=1 semantics and seed + index (as vLLM).
+    assert sorted(c["sampling"].seed for c in decode.calls) == [9, 10, 11]
+    assert {tuple(c["params"].values()) for c in decode.calls} == {("req",), ("req-1",), ("req-2",)}
+
+
+async def test_a_failing_choice_ends_every_choice_and_strands_no_blocks():
+    prefill = FakePrefill()
+    # Choice 0 streams slowly; one of the others fails before its first token.
+    decode = FakeDecode([[*_tokens(1, finish=None), "slow"],
+                         [ServingError("bad grammar", 400, retryable=False)],
+                         ["slow"]])
+    request = GenerationRequest("req", "coder", (5, 6, 7), SamplingSpec(max_tokens=3), n=3)
+    with pytest.raises(ServingError, match="bad grammar"):
+        await _collect(_backend(prefill, decode), request)
+    assert sorted(decode.closed) == ["req", "req-1", "req-2"]  # every stream closed
+    # The choices that never produced a token gave their prefill blocks back.
+    assert {rid for rid, _ in decode.released} == {"req-1-release", "req-2-release"}
