@@ -149,6 +149,7 @@ class ErrorCode:
     KV_PULL_FAILED = "kv_pull_failed"  # the decode engine could not load the KV (policy fail)
     REPLICA_LOST = "replica_lost"
     ADAPTER_NOT_SERVED = "adapter_not_served"
+    SAMPLING_REFUSED = "sampling_refused"  # the decode engine rejected the sampling params
 
 
 INVALID_REQUEST = "invalid_request_error"

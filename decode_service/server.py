@@ -136,6 +136,11 @@ class DecodeServer(EngineServer):
                 yield _checked(to_delta(first))
             async for out in outputs:
                 yield _checked(to_delta(out))
+        except ValueError as exc:
+            # vLLM validates sampling (a grammar it cannot compile, ids outside the vocab) as
+            # the request enters the engine: the client's input, not a replica failure.
+            raise ServingError(f"The decode engine refused the request: {exc}", 400,
+                               code=ErrorCode.SAMPLING_REFUSED, retryable=False) from None
         finally:
             await outputs.aclose()
             self.inflight -= 1

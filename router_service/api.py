@@ -213,6 +213,16 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
     async def list_role_models(role: str, request: Request) -> dict[str, Any]:
         return model_list([role_of(role, request).name])
 
+    @app.post("/v1/responses", include_in_schema=False)
+    @app.post("/roles/{role}/v1/responses", include_in_schema=False)
+    async def responses() -> Response:
+        # Stored responses (previous_response_id) would live in one ingress replica's memory
+        # while a session's calls spread over replicas; agent SDKs speak chat completions too.
+        raise ServingError(
+            "The Responses API is not served here: use /v1/chat/completions. With the OpenAI "
+            "Agents SDK, call agents.set_default_openai_api(\"chat_completions\") or use "
+            "OpenAIChatCompletionsModel.", 404, code="unsupported_endpoint")
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}

@@ -273,3 +273,20 @@ def test_unknown_tool_in_tool_choice_is_a_400_naming_the_field() -> None:
     resp, backend = asyncio.run(go())
     err = assert_openai_error(resp, 400, param="tool_choice")
     assert "launch" in err["message"] and backend.requests == []
+
+
+def test_responses_api_answers_404_with_the_chat_completions_setting() -> None:
+    import asyncio
+
+    from tests.api_fixtures import assert_openai_error
+
+    async def go() -> Any:
+        app, _ = make_app(FakeBackend(), roles=ROLES)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://test") as http:
+            return [await http.post(path, json={"model": "planner", "input": "hi"})
+                    for path in ("/v1/responses", "/roles/planner/v1/responses")]
+
+    for resp in asyncio.run(go()):
+        err = assert_openai_error(resp, 404, code="unsupported_endpoint")
+        assert "set_default_openai_api" in err["message"]
