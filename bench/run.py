@@ -27,7 +27,6 @@ from bench.metrics import DEFAULT_BLOCK_SIZE, summarize
 from bench.records import RunResult
 from bench.workload import Workload
 
-
 API_KEY_ENV = "PREFILLSHARE_API_KEY"
 
 

@@ -28,6 +28,24 @@ def tiny_models() -> tuple[str, str]:
     return str(base), str(decoder)
 
 
+def tiny_lora_adapter(base_dir: str, name: str, seed: int,
+                      target_modules: tuple[str, ...] = ("q_proj", "v_proj", "o_proj")) -> str:
+    """A PEFT adapter of rank 8 for a tiny base, cached by name. init_lora_weights=False:
+    random A and B, so the adapter really changes the model (PEFT's default B=0 would not)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    target = cache_dir() / f"tiny-e2e-lora-{name}"
+    if not (target / "adapter_config.json").exists():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        cfg = LoraConfig(r=8, lora_alpha=16, target_modules=list(target_modules),
+                         init_lora_weights=False)
+        get_peft_model(model, cfg).save_pretrained(target)
+    return str(target)
+
+
 def tiny_engine(**overrides: Any) -> dict[str, Any]:
     return {"max_model_len": 1024, "dtype": "float32", "max_num_seqs": 8,
             "block_size": 128, **overrides}

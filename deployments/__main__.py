@@ -1,4 +1,5 @@
-from deployments.cli import main
 import sys
+
+from deployments.cli import main
 
 sys.exit(main())

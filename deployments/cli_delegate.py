@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from deployments.exit_codes import EXIT_FAILED, EXIT_USAGE
 
 
 @dataclass(frozen=True)

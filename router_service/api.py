@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from contract.prompt_layout import PromptBuilder, PromptTemplateError, role_suffix
 from contract.roles import ServedRole
 from contract.wire import GenerationDelta, ServingError
 from router_service.backend import GenerationBackend, GenerationRequest
@@ -45,14 +46,13 @@ from router_service.openai_schema import (
     ModelList,
 )
 from router_service.openapi_doc import install_openapi
-from contract.prompt_layout import PromptBuilder, PromptTemplateError, role_suffix
-from router_service.tool_calls import conversation_turns, plan_tools
 from router_service.sampling_params import (
     chat_sampling,
     check_token_ids,
     completion_sampling,
     resolve_max_tokens,
 )
+from router_service.tool_calls import conversation_turns, plan_tools
 
 REQUEST_ID_HEADER = "x-request-id"
 # Prompt building renders every prefix of the conversation (prompt_builder), so its cost grows

@@ -21,10 +21,7 @@ from starlette.types import Send
 
 from contract.wire import GenerationDelta, TokenLogprob
 from router_service.errors import sse_error_event
-from router_service.tool_calls import NO_TOOLS, ChoiceParser, ToolPlan
 from router_service.openai_schema import (
-    FunctionCall,
-    ToolCall,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -37,10 +34,13 @@ from router_service.openai_schema import (
     CompletionLogprobs,
     CompletionResponse,
     FinishReason,
+    FunctionCall,
     PromptTokensDetails,
+    ToolCall,
     TopLogprob,
     Usage,
 )
+from router_service.tool_calls import NO_TOOLS, ChoiceParser, ToolPlan
 
 log = logging.getLogger(__name__)
 

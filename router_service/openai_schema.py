@@ -23,7 +23,7 @@ from pydantic import (
 )
 from vllm.entrypoints.generate.base.protocol import (
     DeltaToolCall,
-    FunctionCall,
+    FunctionCall,  # noqa: F401 (re-exported: the response side builds tool calls with it)
     ResponseFormat,
     ToolCall,
 )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contract.wire import SamplingSpec, StructuredOutput, ServingError
+from contract.wire import SamplingSpec, ServingError, StructuredOutput
 from router_service.errors import context_length_exceeded
 from router_service.openai_schema import ChatCompletionRequest, CompletionRequest
+
 
 def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int,
                        default_cap: int | None = None,

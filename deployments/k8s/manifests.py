@@ -12,8 +12,15 @@ import yaml
 
 from deployments.k8s.cluster import ClusterConfig, WorkerGroup, pool_resource
 from deployments.k8s.placement import GroupPlan
-from deployments.k8s.pods import (AGENT_PORT, head_ports, head_probes, pod_template, quantity_gib,
-                                  worker_ports, worker_probes)
+from deployments.k8s.pods import (
+    AGENT_PORT,
+    head_ports,
+    head_probes,
+    pod_template,
+    quantity_gib,
+    worker_ports,
+    worker_probes,
+)
 from training.config import TrainConfig
 
 TRAIN_CONFIG_DIR = "/etc/prefillshare/train"

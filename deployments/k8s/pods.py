@@ -4,9 +4,8 @@ volume and health probes."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections.abc import Sequence
+from typing import Any
 
 from deployments.k8s.cluster import ClusterConfig, PodShape
 

@@ -15,7 +15,7 @@ import jsonschema
 import openai
 import pytest
 
-from bench.running_app import running_app, tiny_engine, tiny_models
+from bench.running_app import running_app, tiny_engine, tiny_lora_adapter, tiny_models
 
 pytestmark = pytest.mark.slow
 
@@ -43,23 +43,6 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"]
            for tools in ROLE_TOOLS.values() for t in tools}
 
 
-def _adapter(base_dir: str, name: str, seed: int) -> str:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from vllm_runtime.model_assets import cache_dir
-
-    target = cache_dir() / f"tiny-e2e-agent-lora-{name}"
-    if not (target / "adapter_config.json").exists():
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                         init_lora_weights=False)
-        get_peft_model(model, cfg).save_pretrained(target)
-    return str(target)
-
-
 @pytest.fixture(scope="module")
 def client():
     base, _ = tiny_models()
@@ -68,7 +51,8 @@ def client():
         "base_model": base,
         "prefill_pools": {"shared": {"engine": engine}},
         "lora_pool": {"engine": engine, "max_lora_rank": 8, "max_loras": 4},
-        "roles": [{"name": r, "lora_adapter": _adapter(base, r, i), "default_max_tokens": 24}
+        "roles": [{"name": r, "lora_adapter": tiny_lora_adapter(base, f"agent-{r}", i),
+                   "default_max_tokens": 24}
                   for i, r in enumerate(ROLES)],
     }
     with running_app(args) as app:

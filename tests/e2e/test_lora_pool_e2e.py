@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from bench.running_app import running_app, tiny_engine, tiny_models
+from bench.running_app import running_app, tiny_engine, tiny_lora_adapter, tiny_models
 
 pytestmark = pytest.mark.slow
 
@@ -17,28 +17,10 @@ pytestmark = pytest.mark.slow
 LORA_LOGPROB_ATOL = 2e-2
 
 
-def _make_adapter(base_dir: str, target, seed: int) -> str:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    if (target / "adapter_config.json").exists():
-        return str(target)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    # init_lora_weights=False: random A and B, so the adapter really changes the model.
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
-                     init_lora_weights=False)
-    get_peft_model(model, cfg).save_pretrained(target)
-    return str(target)
-
-
 @pytest.fixture(scope="module")
 def setup():
-    from vllm_runtime.model_assets import cache_dir
-
     base, _ = tiny_models()
-    adapters = {name: _make_adapter(base, cache_dir() / f"tiny-e2e-lora-{name}", seed)
+    adapters = {name: tiny_lora_adapter(base, name, seed)
                 for name, seed in (("coder", 5), ("critic", 6))}
     args = {
         "base_model": base,
