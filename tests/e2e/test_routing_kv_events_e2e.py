@@ -114,16 +114,23 @@ def test_session_stays_on_its_home_whichever_ingress_replica_routes_it(app):
 
 def _pd_call(app, prefill_handle, session: str, prompt: list[int]) -> str:
     """One prefill + decode through handles made in THIS process: its request router is built
-    here, so the test can read its prefix index."""
-    from contract.wire import SamplingSpec
+    here, so the test can read its prefix index. The hints are the ones the ingress sends."""
+    from contract.wire import DecodeRequest, PrefillRequest, RouteHints, SamplingSpec
     from router_service.serve_clients import ServeDecodeClient, ServePrefillClient
+
+    def hints(deployment: str) -> RouteHints:
+        return RouteHints(session_id=session, num_tokens=len(prompt),
+                          block_hashes=prompt_block_hashes(prompt, BLOCK, deployment))
 
     async def run() -> str:
         rid = uuid.uuid4().hex
-        pre = await ServePrefillClient(prefill_handle, BLOCK, PREFILL).prefill(rid, prompt, session)
-        dec = ServeDecodeClient(app.handle(f"decode-{ROLE}"), BLOCK, f"decode-{ROLE}")
+        pre = await ServePrefillClient(prefill_handle, PREFILL).prefill(
+            PrefillRequest(rid, tuple(prompt), hints(PREFILL)))
+        decode = f"decode-{ROLE}"
         spec = SamplingSpec(max_tokens=2, temperature=0.0, ignore_eos=True)
-        async for _ in dec.generate(rid, prompt, spec, pre.kv_transfer_params, None, session):
+        request = DecodeRequest(rid, tuple(prompt), spec, pre.kv_transfer_params,
+                                route=hints(decode))
+        async for _ in ServeDecodeClient(app.handle(decode), decode).generate(request):
             pass
         return pre.engine_id
 
