@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.running_app import APP, running_app, tiny_engine, tiny_models
+from bench.running_app import APP, running_app, tiny_engine, tiny_lora_adapter, tiny_models
 from routing.rendezvous import rendezvous_owner
-from tests.e2e.test_lora_pool_e2e import _make_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -19,11 +18,8 @@ ROLES = ("planner", "coder", "tool_caller", "critic")
 
 @pytest.fixture(scope="module")
 def app():
-    from vllm_runtime.model_assets import cache_dir
-
     base, _ = tiny_models()
-    adapters = {r: _make_adapter(base, cache_dir() / f"tiny-e2e-lora-{r}", 30 + i)
-                for i, r in enumerate(ROLES)}
+    adapters = {r: tiny_lora_adapter(base, r, 30 + i) for i, r in enumerate(ROLES)}
     engine = tiny_engine(block_size=BLOCK)
     args = {
         "base_model": base,
