@@ -1,5 +1,5 @@
-"""When a decode request's KV pull is over: the signal that splits the router's KV pull
-timeout from its first-token timeout (router_service/pd_backend.py, KV_LOADED_STAT).
+"""When a decode request's KV pull is over: the signal that splits the ingress's KV pull
+timeout from its first-token timeout (the ``KvLoaded`` event of contract/wire.py).
 
 vLLM reports nothing for a request between its submission and its first token, but the
 decode worker's NIXL connector keeps every pull it has started in ``_recving_metadata``
