@@ -115,7 +115,10 @@ def plan_tools(body: ChatCompletionRequest, tokenizer: Any) -> ToolPlan:
         raise ServingError("response_format cannot be combined with tools here unless "
                            "tool_choice is \"none\": a tool call is not the requested JSON.",
                            param="response_format")
-    return _vllm_plan(body, tokenizer, named)
+    try:
+        return _vllm_plan(body, tokenizer, named)
+    except ValueError as exc:  # vLLM's own request validation (pydantic) or grammar building
+        raise ServingError(f"Invalid value for 'tools': {exc}", param="tools") from None
 
 
 def _vllm_plan(body: ChatCompletionRequest, tokenizer: Any, named: bool) -> ToolPlan:

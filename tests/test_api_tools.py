@@ -290,3 +290,4 @@ def test_responses_api_answers_404_with_the_chat_completions_setting() -> None:
     for resp in asyncio.run(go()):
         err = assert_openai_error(resp, 404, code="unsupported_endpoint")
         assert "set_default_openai_api" in err["message"]
+
