@@ -8,7 +8,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TaskName = Literal["synthetic_arith", "synthetic_tool", "gsm8k", "bfcl", "humaneval"]
+TaskName = Literal[
+    "synthetic_arith", "synthetic_tool", "gsm8k", "bfcl", "humaneval",
+    # the default roles in the serving layout (training/roles.py)
+    "role_planner", "role_coder", "role_tool_caller", "role_critic",
+]
 Mode = Literal["prefillshare", "prefillshare_lora", "full_ft"]
 
 

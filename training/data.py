@@ -33,6 +33,21 @@ def encode_context(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Messag
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
+def encode_example_context(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[int]:
+    """An example's context ids. Role examples (meta carries "instructions"/"tools") are laid out
+    exactly as the serving ingress lays them out: PromptBuilder.chat_prompt(conversation,
+    role_suffix(instructions, tools)) (contract/prompt_layout.py); others use the plain chat
+    template with the generation prompt."""
+    meta = example.meta or {}
+    if "instructions" not in meta and "tools" not in meta:
+        return encode_context(tokenizer, example.messages)
+    from contract.prompt_layout import PromptBuilder, Turn, role_suffix
+
+    turns = [Turn(m["role"], m["content"]) for m in example.messages]
+    built = PromptBuilder(tokenizer).chat_prompt(turns, role_suffix(meta.get("instructions"), meta.get("tools")))
+    return list(built.token_ids)
+
+
 def encode_response(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
@@ -43,7 +58,7 @@ def tokenize_examples(
     """Drops (and counts) examples longer than max_length rather than cutting an answer."""
     out, dropped = [], 0
     for ex in examples:
-        context = encode_context(tokenizer, ex.messages)
+        context = encode_example_context(tokenizer, ex)
         response = encode_response(tokenizer, ex.target)
         if len(context) + len(response) > max_length:
             dropped += 1

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from training.config import EvalConfig, TaskConfig
-from training.data import encode_context
+from training.data import encode_context, encode_example_context
 from training.generation import greedy_generate
 from training.models import load_base, load_decoder
 from training.tasks import Example, apply_followup, get_task
@@ -92,13 +92,14 @@ class Evaluator:
     def _generate(self, decoder: str, contexts: list[list[int]], ratio: float, shared: list[int] | None = None):
         model = self.decoders[decoder]
         ids = greedy_generate(
-            self.base, model, contexts, self.cfg.max_new_tokens, ratio, shared, self.eos, self.cfg.batch_size
+            self.base, model, contexts, self.cfg.max_new_tokens, ratio, shared, self.eos, self.cfg.batch_size,
+            desc=f"eval {decoder} r={ratio:g}",
         )
         return [self.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
 
     def _score(self, task_cfg: TaskConfig, variant: str, decoder: str, ratio: float, examples: list[Example]) -> Score:
         task = get_task(task_cfg.name)
-        contexts = [encode_context(self.tokenizer, ex.messages) for ex in examples]
+        contexts = [encode_example_context(self.tokenizer, ex) for ex in examples]
         t0 = time.perf_counter()
         texts = self._generate(decoder, contexts, ratio)
         correct = sum(int(task.score(ex, text)) for ex, text in zip(examples, texts))

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from training.kv_boundary import boundary_forward, layout_batch
+from training.progress import progress_bar
 
 
 @torch.no_grad()
@@ -26,11 +27,14 @@ def greedy_generate(
     shared_prefix: Sequence[int] | None = None,
     eos_ids: Sequence[int] = (),
     batch_size: int = 8,
+    desc: str | None = None,
 ) -> list[list[int]]:
-    """Generated ids per context (eos excluded), in input order."""
+    """Generated ids per context (eos excluded), in input order. ``desc``: label of a progress
+    bar over the examples (shown only where a human watches: training/progress.py)."""
     # Length-sorted batches waste less compute on padding.
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     results: dict[int, list[int]] = {}
+    bar = progress_bar(len(contexts), desc, "ex", enabled=None if desc else False)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         shared = [shared_prefix[i] for i in rows] if shared_prefix is not None else None
@@ -38,6 +42,8 @@ def greedy_generate(
             base_model, decoder_model, [contexts[i] for i in rows], max_new_tokens, sharing_ratio, shared, eos_ids
         )
         results.update(zip(rows, outs))
+        bar.update(len(rows))
+    bar.close()
     return [results[i] for i in range(len(contexts))]
 
 

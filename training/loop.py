@@ -24,6 +24,7 @@ from training.config import TrainConfig
 from training.data import TokenizedExample, global_batch, worker_micro_batches
 from training.models import load_trainable_state, trainable_state
 from training.objective import per_sample_nll
+from training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def train_decoder(
     chief = env.rank == 0
     t0 = time.perf_counter()
     decoder.train()
+    bar = progress_bar(total, "train", "step", initial=start, enabled=None if chief else False)
     for step in range(start, total):
         indices = global_batch(len(data), cfg.batch_size, step, cfg.seed)
         global_tokens = sum(len(data[i].response) for i in indices)
@@ -139,6 +141,8 @@ def train_decoder(
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(step_loss))
         done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         if chief and (done % cfg.log_every == 0 or done == total or done == start + 1):
             per_step = (time.perf_counter() - t0) / (done - start)
             log.info(
@@ -161,4 +165,5 @@ def train_decoder(
             store.save(done, snapshot, {"step": done, "loss": losses[-1]})
         if stop_after is not None and done >= stop_after:
             break
+    bar.close()
     return losses

@@ -106,7 +106,13 @@ def export_decoder(
     """Writes an HF folder (full) or a PEFT adapter folder (LoRA) that vLLM loads as is."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if _is_peft(decoder):
+        # save_dtype applies to the adapter weights only (PEFT upcasts them again on load).
+        lora = [p for n, p in decoder.named_parameters() if "lora_" in n]
+        for p in lora:
+            p.data = p.data.to(getattr(torch, save_dtype))
         decoder.save_pretrained(str(out_dir))
+        for p in lora:
+            p.data = p.data.to(torch.float32)
     else:
         dtype = getattr(torch, save_dtype)
         decoder.to(dtype).save_pretrained(str(out_dir), safe_serialization=True)

@@ -143,6 +143,10 @@ def get_task(name: str, multi_turn_fraction: float = 0.0) -> Task:
         return Task(name, lambda s, n, seed: load_arithmetic(s, n, seed, multi_turn_fraction), _score_number)
     if name == "synthetic_tool":
         return Task(name, load_tool_calls, _score_call)
+    if name.startswith("role_"):
+        from training.roles import role_task
+
+        return role_task(name)
     from training import tasks_benchmarks
 
     if name == "gsm8k":

@@ -17,7 +17,16 @@ from typing import Any
 from training import scoring
 from training.tasks import Example, Split
 
-GSM8K_DIR = Path(os.environ.get("PREFILLSHARE_GSM8K", "/work/shared/data/gsm8k"))
+def _gsm8k_dir() -> Path:
+    # PREFILLSHARE_GSM8K, else the shared data folder, else a shared/ checked out beside the clone.
+    if os.environ.get("PREFILLSHARE_GSM8K"):
+        return Path(os.environ["PREFILLSHARE_GSM8K"])
+    default = Path("/work/shared/data/gsm8k")
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
+    return default if default.exists() or not beside.exists() else beside
+
+
+GSM8K_DIR = _gsm8k_dir()
 BFCL_CATEGORIES = ("simple_python", "multiple")
 BFCL_HELD_OUT_PERCENT = 20
 BFCL_SYSTEM = (
