@@ -167,12 +167,10 @@ def _expected_prompt(history: list[dict], tools: list[dict]) -> tuple[int, ...]:
 
 
 def _best_cached(prompt: tuple[int, ...], earlier: list[tuple[int, ...]]) -> int:
-    """What a prefix cache of BLOCK-token blocks can serve at best: the longest common prefix
-    with an earlier prompt, never the last token (vLLM recomputes it), in whole blocks."""
-    lcp = max((next((i for i, (a, b) in enumerate(zip(prompt, e)) if a != b), min(len(prompt),
-                                                                                   len(e)))
-               for e in earlier), default=0)
-    return min(lcp, len(prompt) - 1) // BLOCK * BLOCK
+    """What a prefix cache of BLOCK-token blocks can serve at best (never the last token)."""
+    from bench.tool_layout_sharing import best_cached
+
+    return best_cached(prompt, earlier, BLOCK)
 
 
 def test_roles_with_their_own_tools_keep_the_shared_prefix_cached(client) -> None:
