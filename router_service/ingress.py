@@ -36,6 +36,8 @@ class Ingress:
 
         self.config = AppConfig.model_validate(app_config)
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        # vLLM's tool parsers (and xgrammar) load here, not on the first request with tools.
+        import vllm.parser  # noqa: F401
         prefill = {name: Pool(ServePrefillClient(h, name), block_sizes[name])
                    for name, h in prefill_handles.items()}
         decode = {name: Pool(ServeDecodeClient(h, name), block_sizes[name])
