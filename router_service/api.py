@@ -66,18 +66,16 @@ _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 @dataclass(frozen=True)
 class _Limits:
     max_model_len: int
-    default_max_tokens: int | None  # None: the rest of the context window (vLLM's default)
     vocab_size: int | None
     max_messages: int = DEFAULT_MAX_MESSAGES
 
 
 def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer: Any,
               max_model_len: int, session_header: str = "x-session-id", *,
-              default_max_tokens: int | None = None,
               guard: RequestGuard | None = None,
               max_messages: int = DEFAULT_MAX_MESSAGES) -> FastAPI:
     """The whole HTTP surface. ``roles``: the served roles (name, instructions and
-    default_max_tokens are read; ``default_max_tokens`` here applies to roles without one);
+    default_max_tokens are read);
     ``tokenizer`` is the BASE model's transformers tokenizer (its chat template builds every
     role's prompt); ``max_model_len`` is the smallest context window on the serving path;
     ``guard`` checks API keys, rate and body size (router_service.guard; None: none of it)."""
@@ -86,7 +84,7 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
         raise ValueError("build_api needs at least one role")
     builder = PromptBuilder(tokenizer)
     vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
-    limits = _Limits(max_model_len, default_max_tokens, vocab, max_messages)
+    limits = _Limits(max_model_len, vocab, max_messages)
     created = int(time.time())
     header = session_header.lower()
 
@@ -132,8 +130,8 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
 
     def max_tokens_of(role: ServedRole, requested: int | None, prompt_len: int,
                       prompt_param: str = "messages") -> int:
-        default = role.default_max_tokens or limits.default_max_tokens
-        return resolve_max_tokens(requested, prompt_len, limits.max_model_len, default,
+        return resolve_max_tokens(requested, prompt_len, limits.max_model_len,
+                                  role.default_max_tokens,
                                   prompt_param=prompt_param)
 
     async def chat(role: ServedRole, body: ChatCompletionRequest, request: Request) -> Response:
