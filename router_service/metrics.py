@@ -12,6 +12,8 @@ from typing import Protocol
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
+from vllm_runtime.held_gauges import HeldGauges
+
 # Seconds. Prefill of a long context on CPU takes seconds; on GPUs tens of milliseconds.
 TTFT_BUCKETS = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
@@ -61,6 +63,7 @@ class IngressMetrics:
                                "pool served from its prefix cache.")
         self._inflight = Gauge(INFLIGHT, tag_keys=role,
                                description="Requests in the P/D pipeline at this ingress replica.")
+        self._gauges = HeldGauges()  # an idle ingress keeps reporting its 0
 
     def _tags(self, role: str) -> dict[str, str]:
         return {"role": role, "replica": self.replica}
@@ -82,4 +85,4 @@ class IngressMetrics:
                 counter.inc(n, tags=tags)
 
     def inflight(self, role: str, count: int) -> None:
-        self._inflight.set(count, tags=self._tags(role))
+        self._gauges.set(self._inflight, count, self._tags(role))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vllm_runtime import engine_metrics
+from vllm_runtime import engine_metrics, held_gauges
 from vllm_runtime.engine_stats import EngineCounters
 
 
@@ -34,6 +34,7 @@ class Recorder:
 def calls(monkeypatch) -> list[Any]:
     monkeypatch.setattr(engine_metrics, "Counter", Recorder)
     monkeypatch.setattr(engine_metrics, "Gauge", Recorder)
+    monkeypatch.setattr(held_gauges, "REFRESH_S", 0)  # no refresher thread writing into calls
     Recorder.calls = []
     return Recorder.calls
 
