@@ -6,11 +6,14 @@ deployments, and tests inspect plans directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from contract.config import AppConfig, PoolOptions, RoleConfig
 from contract.roles import ServedRole
 from deployments.kv_compat import check_kv_compatible
+from vllm_runtime.decoder_identity import base_mismatch
 from vllm_runtime.engine_args import EngineSpec
+from vllm_runtime.lora_adapters import check_adapter
 from vllm_runtime.model_assets import resolve_model
 
 LORA_POOL = "lora"
@@ -101,8 +104,8 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
                           kv_load_failure_policy=cfg.kv_load_failure_policy,
                           enforce_handshake_compat=all(prefill_models[p] == base for p in pools),
                           lora=(lp.max_lora_rank, lp.max_loras))
-        adapters = {r.name: str(resolve_adapter(r.lora_adapter)) for r in lora_roles
-                    if r.lora_adapter}
+        adapters = {r.name: str(check_adapter(r.lora_adapter, base, lp.max_lora_rank))
+                    for r in lora_roles if r.lora_adapter}
         decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters))
         for r in lora_roles:
             roles.append(ServedRole(r.name, r.instructions, prefill_deployment_name(r.prefill_pool),
@@ -119,6 +122,9 @@ def _decode_spec(cfg: AppConfig, role: RoleConfig, model: str, prefill_model: st
     if not same_checkpoint:
         _check_pair(cfg, model, prefill_model, role.decode_pool.engine.dtype, prefill_dtype,
                     f"roles.{role.name}.decoder")
+        problem = base_mismatch(Path(model), Path(prefill_model))
+        if problem:
+            raise ValueError(f"roles.{role.name}.decoder: {problem}")
     return EngineSpec(
         model=model,
         side="consumer",
@@ -137,11 +143,3 @@ def _check_pair(cfg: AppConfig, decoder: str, prefill: str, decoder_dtype: str,
     if cfg.check_kv_compat:
         check_kv_compatible(prefill, prefill_dtype, decoder, decoder_dtype, where=where)
 
-
-def resolve_adapter(path: str):
-    from pathlib import Path
-
-    p = Path(path).expanduser()
-    if not (p / "adapter_config.json").exists():
-        raise FileNotFoundError(f"LoRA adapter {path!r} has no adapter_config.json")
-    return p.resolve()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 from contract.config import AppConfig
 from deployments.kv_compat import KvIncompatible
 from deployments.plan import make_plan
+from vllm_runtime.decoder_identity import IDENTITY_FILE, model_identity
+from vllm_runtime.lora_adapters import PROJECT_ROOT, AdapterRejected, find_adapter
 from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
 
 
@@ -25,10 +28,15 @@ def models() -> dict[str, str]:
     }
 
 
-def _adapter(root: Path, name: str) -> str:
+def _adapter(root: Path, name: str, rank: int = 4, base: str | None = None) -> str:
+    """An adapter folder as the checks see it (the weights' bytes are vLLM's business); with
+    ``base``, the identity training writes beside it."""
     folder = root / name
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    if base is not None:
+        (folder / IDENTITY_FILE).write_text(json.dumps({"base": model_identity(Path(base))}))
     return str(folder)
 
 
@@ -139,9 +147,42 @@ def test_lora_roles_share_one_decode_pool(models, tmp_path):
 
 def test_a_lora_adapter_without_adapter_config_is_refused(models, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(AdapterRejected, match="no adapter_config.json"):
         _plan(models, lora_pool={},
               roles=[{"name": "planner", "lora_adapter": str(tmp_path / "empty")}])
+
+
+def test_an_adapter_above_the_pools_rank_is_refused(models, tmp_path):
+    with pytest.raises(AdapterRejected, match="rank 32 is above the pool's max_lora_rank 16"):
+        _plan(models, lora_pool={"max_lora_rank": 16},
+              roles=[{"name": "planner", "lora_adapter": _adapter(tmp_path, "big", rank=32)}])
+
+
+def test_an_adapter_trained_on_another_base_is_refused(models, tmp_path):
+    same = _adapter(tmp_path, "on-a", base=models["a"])
+    other = _adapter(tmp_path, "on-b", base=models["b"])  # same KV layout, other weights
+    plan = _plan(models, lora_pool={}, roles=[{"name": "planner", "lora_adapter": same}])
+    assert plan.decode[0].lora_adapters == {"planner": str(Path(same).resolve())}
+    with pytest.raises(AdapterRejected, match="was trained on base .*tiny-unit-b"):
+        _plan(models, lora_pool={}, roles=[{"name": "planner", "lora_adapter": other}])
+
+
+def test_a_decoder_trained_on_another_base_is_refused(models, tmp_path):
+    decoder = tmp_path / "decoder"
+    shutil.copytree(models["b"], decoder)
+    (decoder / IDENTITY_FILE).write_text(json.dumps({"base": model_identity(Path(models["c"]))}))
+    with pytest.raises(ValueError, match="^roles.coder.decoder: .* was trained on base"):
+        _plan(models, roles=[{"name": "coder", "decoder": str(decoder)}])
+
+
+def test_relative_adapter_paths_fall_back_to_the_checkout(tmp_path, monkeypatch):
+    """`serve deploy` builds the app in a Ray task with another current directory: the
+    committed adapters/ are still found from config.yaml's relative paths."""
+    monkeypatch.chdir(tmp_path)
+    assert find_adapter("adapters/planner") == PROJECT_ROOT / "adapters" / "planner"
+    (tmp_path / "adapters" / "planner").mkdir(parents=True)
+    (tmp_path / "adapters" / "planner" / "adapter_config.json").write_text("{}")
+    assert find_adapter("adapters/planner") == tmp_path / "adapters" / "planner"  # cwd first
 
 
 def test_lora_pool_on_another_checkpoints_prefill_turns_the_handshake_check_off(models, tmp_path):

@@ -16,7 +16,7 @@ import yaml
 
 from training.__main__ import main
 from training.config import TaskConfig, TrainConfig
-from training.models import IDENTITY_FILE, model_identity
+from vllm_runtime.decoder_identity import IDENTITY_FILE, model_identity
 from vllm_runtime.model_assets import tiny_llama_folder
 
 torch.set_num_threads(1)  # the box is shared

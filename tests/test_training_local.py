@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from training.__main__ import main
-from training.models import IDENTITY_FILE, model_identity
+from vllm_runtime.decoder_identity import IDENTITY_FILE, model_identity
 from vllm_runtime.model_assets import tiny_llama_folder
 
 torch.set_num_threads(1)  # the box is shared

@@ -7,7 +7,6 @@ evaluation (and serving) can refuse a decoder whose base changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,12 +21,11 @@ from transformers import (
 )
 
 from training.config import DecoderRef, LoraConfig, Mode
+from vllm_runtime.decoder_identity import IDENTITY_FILE, base_mismatch, read_identity
 from vllm_runtime.model_assets import resolve_model
 
 log = logging.getLogger(__name__)
 
-IDENTITY_FILE = "prefillshare_decoder.json"
-_HASHED = ("config.json", "*.safetensors", "*.bin")
 
 
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
@@ -83,19 +81,6 @@ def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
 
 
-def model_identity(path: Path) -> dict[str, Any]:
-    """The folder's resolved path and the sha256 of its config and weight files."""
-    files: dict[str, str] = {}
-    for pattern in _HASHED:
-        for file in sorted(path.glob(pattern)):
-            digest = hashlib.sha256()
-            with file.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            files[file.name] = digest.hexdigest()
-    return {"path": str(path.resolve()), "sha256": files}
-
-
 def export_decoder(
     decoder: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -122,19 +107,14 @@ def export_decoder(
     return out_dir
 
 
-def read_identity(folder: Path) -> dict[str, Any] | None:
-    path = Path(folder) / IDENTITY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def check_base_matches(decoder_dir: Path, base_path: Path) -> None:
     """Warns loudly if a decoder was conditioned on other base weights than the ones in use."""
-    record = read_identity(decoder_dir)
-    if record is None:
+    if read_identity(decoder_dir) is None:
         log.warning("%s has no %s: cannot check its base", decoder_dir, IDENTITY_FILE)
         return
-    if record["base"]["sha256"] != model_identity(base_path)["sha256"]:
-        raise ValueError(f"{decoder_dir} was conditioned on another base than {base_path}")
+    problem = base_mismatch(decoder_dir, base_path)
+    if problem:
+        raise ValueError(problem)
 
 
 def load_decoder(ref: DecoderRef, base_path: Path) -> PreTrainedModel:

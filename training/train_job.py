@@ -15,7 +15,8 @@ import torch
 from training.config import TrainConfig
 from training.data import TokenizedExample, tokenize_examples
 from training.loop import CheckpointStore, WorkerEnv, total_steps, train_decoder
-from training.models import export_decoder, load_base, make_decoder, model_identity
+from training.models import export_decoder, load_base, make_decoder
+from vllm_runtime.decoder_identity import model_identity
 from training.tasks import get_task
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ LOGPROB_ATOL = 1e-3  # the same bound and reasoning as tests/e2e/test_serving_e2
 def trained(tmp_path_factory):
     from training.config import TaskConfig, TrainConfig
     from training.loop import LocalCheckpointStore, train_decoder
-    from training.models import export_decoder, load_base, make_decoder, model_identity
+    from training.models import export_decoder, load_base, make_decoder
+    from vllm_runtime.decoder_identity import model_identity
     from training.ray_train import load_training_data
 
     torch.set_num_threads(1)
