@@ -16,8 +16,8 @@ from training.config import TrainConfig
 from training.data import TokenizedExample, tokenize_examples
 from training.loop import CheckpointStore, WorkerEnv, total_steps, train_decoder
 from training.models import export_decoder, load_base, make_decoder
-from vllm_runtime.decoder_identity import model_identity
 from training.tasks import get_task
+from vllm_runtime.decoder_identity import model_identity
 
 log = logging.getLogger(__name__)
 
