@@ -7,7 +7,7 @@
   prefillshare status                 the Serve application's status on a running cluster
   prefillshare deploy   config.yaml   `serve deploy` to a running cluster, wait until RUNNING
   prefillshare train | eval ...       decoder training and evaluation (python -m training)
-  prefillshare bench run|compare|pd   load generator, topology comparison, single-request P/D
+  prefillshare bench run|compare|pd|routing|accuracy|start-cost   load, comparisons, accuracy
   prefillshare render-k8s config.yaml KubeRay manifests (RayService, RayJob) into k8s/
   prefillshare push-dashboard         the Grafana dashboard and its Prometheus data source
   prefillshare fault | soak ...       reliability runs under load (fault injection, soak)
@@ -242,6 +242,10 @@ GROUPS = {
         "pd": Delegated("bench.pd_single_request", "single-request P/D timing, stage by stage"),
         "routing": Delegated("bench.routing_policies",
                              "prefill routing policies on real engines, one policy per run"),
+        "accuracy": Delegated("bench.served_accuracy",
+                              "per-role held-out accuracy through a running app's OpenAI API"),
+        "start-cost": Delegated("bench.start_cost",
+                                "time to RUNNING and memory of `prefillshare up CONFIG`"),
     },
 }
 

@@ -55,6 +55,13 @@ def test_check_reports_edited_and_stale_files(tmp_path, capsys):
     assert "rayservice.yaml: differs" in err and "old.yaml: not rendered (stale)" in err
 
 
+def _engine_pools(app: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pool sections that start engines (a LoRA role's own decode_pool starts none)."""
+    pools = [*app["prefill_pools"].values(), *(r["decode_pool"] for r in app["roles"]
+                                               if not r["lora_adapter"])]
+    return pools + ([app["lora_pool"]] if app["lora_pool"] else [])
+
+
 def test_serve_config_is_config_yaml_plus_placement(rendered):
     serve = _serve_config(rendered["rayservice.yaml"])
     original = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -69,10 +76,10 @@ def test_serve_config_is_config_yaml_plus_placement(rendered):
     placed = AppConfig.model_validate(app["args"])
     # Remove what placement added: exactly config.yaml's app is left.
     stripped = placed.model_dump()
-    for pool in (*stripped["prefill_pools"].values(), *(r["decode_pool"] for r in stripped["roles"])):
+    for pool in _engine_pools(stripped):
         assert pool.pop("resources") and pool.pop("num_gpus") == 1
     expected = AppConfig.model_validate(orig_app["args"]).model_dump()
-    for pool in (*expected["prefill_pools"].values(), *(r["decode_pool"] for r in expected["roles"])):
+    for pool in _engine_pools(expected):
         del pool["resources"], pool["num_gpus"]
     assert stripped == expected
     assert serve["http_options"]["host"] == "0.0.0.0"
@@ -118,16 +125,15 @@ def test_head_runs_no_engines_and_autoscalers_are_on(rendered):
     assert cluster["enableInTreeAutoscaling"] is True
     serve = _serve_config(rs)
     overrides = {d["name"]: d for d in serve["applications"][0]["deployments"]}
-    assert set(overrides) == {"prefill-shared", "decode-planner", "decode-coder",
-                              "decode-tool_caller", "decode-critic"}
+    assert set(overrides) == {"prefill-shared", "decode-lora"}  # four roles, one LoRA pool
     for d in overrides.values():
         assert d["num_replicas"] == "auto"
         assert d["autoscaling_config"]["min_replicas"] == 1
         assert d["autoscaling_config"]["target_ongoing_requests"] == 16  # half of 32
     # The decode group can hold every decode deployment at its max_replicas.
     decode = _groups(rs)["decode"]
-    assert decode["maxReplicas"] >= 4 * overrides["decode-planner"]["autoscaling_config"]["max_replicas"]
-    assert decode["replicas"] == decode["minReplicas"] == 4
+    assert decode["maxReplicas"] >= overrides["decode-lora"]["autoscaling_config"]["max_replicas"]
+    assert decode["replicas"] == decode["minReplicas"] == 1
 
 
 def test_training_job_reads_its_config_map_and_writes_to_the_models_volume(rendered):
@@ -151,16 +157,16 @@ def _cluster(**kw: Any) -> ClusterConfig:
 def test_placement_overrides_and_capacity_checks():
     app = load_serve_file(ROOT / "config.yaml").app
     groups = {"prefill": {}, "decode": {"max_workers": 16}, "small": {"max_workers": 1}}
-    cluster = _cluster(worker_groups=groups, placement={"decode-critic": "small"},
-                       autoscaling_overrides={"decode-critic": {"max_replicas": 2}})
+    cluster = _cluster(worker_groups=groups, placement={"decode-lora": "small"},
+                       autoscaling_overrides={"decode-lora": {"max_replicas": 2}})
     with pytest.raises(ValueError, match="'small'.*2 engines.*max_workers is 1"):
         group_plans(place(app, cluster), cluster)
     groups["small"] = {"max_workers": 2}
     cluster = cluster.model_copy(update={"worker_groups": _cluster(worker_groups=groups).worker_groups})
     assert {g.name: g.deployments for g in group_plans(place(app, cluster), cluster)}["small"] == \
-        ("decode-critic",)
+        ("decode-lora",)
     placed = {p.deployment: p.group for p in place(app, cluster)}
-    assert placed["decode-critic"] == "small" and placed["decode-planner"] == "decode"
+    assert placed == {"decode-lora": "small", "prefill-shared": "prefill"}
     with pytest.raises(ValueError, match="both prefill and decode"):
         place(app, _cluster(decode_group="prefill"))
     with pytest.raises(ValueError, match="no engine deployment named \\['decode-nobody'\\]"):

@@ -41,6 +41,8 @@ def variant(tmp_path_factory) -> dict[str, dict[str, Any]]:
     args = serve["applications"][0]["args"]
     args["lora_pool"] = {"replicas": 2}
     args["roles"].append({"name": "summarizer", "lora_adapter": str(adapter)})
+    critic = next(r for r in args["roles"] if r["name"] == "critic")
+    del critic["lora_adapter"]  # a role on a decode pool of its own, beside the LoRA pool
     (d / "config.yaml").write_text(yaml.safe_dump(serve))
     cluster = {
         "name": "ps-variant",
@@ -52,7 +54,7 @@ def variant(tmp_path_factory) -> dict[str, dict[str, Any]]:
             "decode-cpu": {"gpus": 0, "gpus_per_engine": 0, "engines_per_worker": 2,
                            "cpus": 16, "memory_gib": 64.5, "shm_gib": 4},
         },
-        "placement": {"decode-critic": "decode-cpu", "decode-lora": "decode-cpu"},
+        "placement": {"decode-critic": "decode-cpu"},
         "autoscaling_overrides": {"decode-critic": {"min_replicas": 0, "max_replicas": 2}},
         "network": {"rdma": False, "ucx_net_devices": "eth0",
                     "rdma_resources": {"rdma/ib": 1}, "extra_env": {"NCCL_DEBUG": "WARN"}},

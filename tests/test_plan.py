@@ -230,3 +230,21 @@ def test_pool_options_reach_the_specs(models):
     assert plan.prefill[0].spec.options.max_model_len == 512
     assert plan.decode[0].options.replicas == 2
     assert plan.decode[0].spec.options.max_num_seqs == 3
+
+
+def test_the_default_app_serves_the_committed_adapters_with_their_training_prompts():
+    """config.yaml's roles are the trained ones: each names its adapter folder, with the role
+    instructions its adapter was trained on (they are part of the prompt: training/roles.py),
+    and the LoRA pool's rank fits every adapter."""
+    from deployments.serve_config import load_serve_file
+    from training.roles import ROLE_INSTRUCTIONS
+
+    app = load_serve_file(PROJECT_ROOT / "config.yaml").app
+    assert app.lora_pool is not None and len(app.roles) == app.lora_pool.max_loras
+    for role in app.roles:
+        assert role.lora_adapter == f"adapters/{role.name}"
+        assert role.instructions == ROLE_INSTRUCTIONS[role.name]
+        adapter = json.loads((find_adapter(role.lora_adapter) / "adapter_config.json").read_text())
+        assert adapter["r"] <= app.lora_pool.max_lora_rank
+        identity = json.loads((find_adapter(role.lora_adapter) / IDENTITY_FILE).read_text())
+        assert identity["train_config"]["task"]["name"] == f"role_{role.name}"

@@ -335,9 +335,12 @@ def parse_hermes_call(text: str) -> tuple[str, dict[str, Any]] | None:
 
 def score_tool_caller(example: Example, completion: str) -> float:
     parsed = parse_hermes_call(completion)
-    if parsed is None:
-        return 0.0
-    name, args = parsed
+    return 0.0 if parsed is None else score_call(example, *parsed)
+
+
+def score_call(example: Example, name: str, args: dict[str, Any]) -> float:
+    """1 when the call is one BFCL accepts: a function of the question's, every argument given
+    an allowed value, every required argument present."""
     allowed = example.reference.get(name)
     if allowed is None:
         return 0.0
