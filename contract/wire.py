@@ -85,6 +85,7 @@ class DecodeRequest:
     # None: the decode engine prefills itself (no remote KV); otherwise PrefillResult's params.
     kv_transfer_params: dict[str, Any] | None
     lora_name: str | None = None
+    lora_path: str | None = None  # the adapter's folder: a role added while running is loaded from it
     route: RouteHints = RouteHints()
 
 

@@ -26,6 +26,7 @@ from contract.wire import (
     ServingError,
     TokenLogprob,
 )
+from decode_service.lora_requests import LoraRequests
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_server import EngineServer
 from vllm_runtime.kv_pull_probe import EXTENSION as KV_PULL_EXTENSION
@@ -99,21 +100,12 @@ class DecodeServer(EngineServer):
             update={"extra": {"worker_extension_cls": KV_PULL_EXTENSION, **spec.options.extra}})
         super().__init__(dataclasses.replace(spec, options=options), pool, core_offset)
         self.kv_pulls = KvPullWatcher(self.engine.engine)
-        self.lora_requests = self._lora_requests(lora_adapters or {})
-
-    @staticmethod
-    def _lora_requests(adapters: dict[str, str]) -> dict[str, Any]:
-        if not adapters:
-            return {}
-        from vllm.lora.request import LoRARequest
-
-        return {name: LoRARequest(name, i + 1, path)
-                for i, (name, path) in enumerate(sorted(adapters.items()))}
+        self.lora_requests = LoraRequests(lora_adapters or {})
 
     async def generate(self, request: DecodeRequest) -> AsyncIterator[DecodeEvent]:
         lora = None
         if request.lora_name is not None:
-            lora = self.lora_requests.get(request.lora_name)
+            lora = self.lora_requests.get(request.lora_name, request.lora_path)
             if lora is None:
                 raise ServingError(f"adapter {request.lora_name!r} is not served here", 500,
                                    code=ErrorCode.ADAPTER_NOT_SERVED, retryable=False)

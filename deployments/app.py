@@ -80,13 +80,19 @@ def bind_plan(cfg: AppConfig, plan: DeploymentPlan,
     }
     # The API refuses prompts no engine on the path can hold.
     max_len = min(p.spec.options.max_model_len for p in (*plan.prefill, *plan.decode))
+    # The roles also go as user_config: a deploy that changes only that reconfigures the
+    # running ingress (roles added, replaced, removed) instead of restarting the app.
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_DEPLOYMENT, num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": 0},
-        max_ongoing_requests=1000,
+        max_ongoing_requests=1000, user_config=ingress_user_config(cfg),
     )
     block_sizes = {p.name: p.spec.options.block_size for p in (*plan.prefill, *plan.decode)}
     return ingress.bind(cfg.model_dump(mode="json"), list(plan.roles), plan.base_model, max_len,
                         prefill, decode, block_sizes)
+
+
+def ingress_user_config(cfg: AppConfig) -> dict[str, Any]:
+    return {"roles": [r.model_dump(mode="json", exclude_defaults=True) for r in cfg.roles]}
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -6,6 +6,7 @@
                                       config, print the endpoints, stop everything on Ctrl-C
   prefillshare status                 the Serve application's status on a running cluster
   prefillshare deploy   config.yaml   `serve deploy` to a running cluster, wait until RUNNING
+  prefillshare roles list|add|remove  change a running app's roles (LoRA adapters), no restart
   prefillshare train | eval ...       decoder training and evaluation (python -m training)
   prefillshare bench run|compare|pd|routing|accuracy|start-cost   load, comparisons, accuracy
   prefillshare render-k8s config.yaml KubeRay manifests (RayService, RayJob) into k8s/
@@ -232,6 +233,8 @@ DELEGATED = {
                             "render the KubeRay manifests (RayService, RayJob) from a config"),
     "push-dashboard": Delegated("observability.grafana_push",
                                 "push the Grafana dashboard and its Prometheus data source"),
+    "roles": Delegated("deployments.roles_cli",
+                       "add, replace or remove a LoRA role on a running app (no restart)"),
     "fault": Delegated("bench.fault_run", "fault run under load: kill replicas, fail KV pulls"),
     "soak": Delegated("bench.soak", "long moderate load; memory per replica must stay bounded"),
 }

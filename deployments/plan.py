@@ -9,14 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.config import AppConfig, PoolOptions, RoleConfig
-from contract.roles import ServedRole
+from contract.roles import (
+    LORA_POOL,
+    ServedRole,
+    decode_deployment_name,
+    prefill_deployment_name,
+    served_role,
+)
 from deployments.kv_compat import check_kv_compatible
 from vllm_runtime.decoder_identity import base_mismatch
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.lora_adapters import check_adapter
 from vllm_runtime.model_assets import resolve_model
-
-LORA_POOL = "lora"
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,6 @@ class DeploymentPlan:
     decode: tuple[EnginePool, ...]
     roles: tuple[ServedRole, ...]
     base_model: str  # resolved folder: the tokenizer and chat template come from here
-
-
-def prefill_deployment_name(pool: str) -> str:
-    return f"prefill-{pool}"
-
-
-def decode_deployment_name(role: RoleConfig) -> str:
-    """A LoRA role decodes on the shared LoRA pool; any other on its own pool."""
-    return f"decode-{LORA_POOL}" if role.lora_adapter else f"decode-{role.name}"
 
 
 def engine_pools(cfg: AppConfig) -> dict[str, PoolOptions]:
@@ -87,10 +82,7 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         decode.append(EnginePool(decode_deployment_name(role), role.name, spec, role.decode_pool,
                                  core))
         core += role.decode_pool.replicas * role.decode_pool.engine.cpu_threads
-        roles.append(ServedRole(role.name, role.instructions,
-                                prefill_deployment_name(role.prefill_pool),
-                                decode_deployment_name(role),
-                                default_max_tokens=role.default_max_tokens))
+        roles.append(served_role(role))
     if lora_roles:
         assert cfg.lora_pool is not None  # the schema guarantees it
         lp = cfg.lora_pool
@@ -107,10 +99,7 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         adapters = {r.name: str(check_adapter(r.lora_adapter, base, lp.max_lora_rank))
                     for r in lora_roles if r.lora_adapter}
         decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters))
-        for r in lora_roles:
-            roles.append(ServedRole(r.name, r.instructions, prefill_deployment_name(r.prefill_pool),
-                                    decode_deployment_name(r), lora_name=r.name,
-                                    default_max_tokens=r.default_max_tokens))
+        roles += [served_role(r, adapters[r.name]) for r in lora_roles]
     order = {r.name: i for i, r in enumerate(cfg.roles)}
     roles.sort(key=lambda r: order[r.name])
     return DeploymentPlan(tuple(prefill), tuple(decode), tuple(roles), base)

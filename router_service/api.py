@@ -46,6 +46,7 @@ from router_service.openai_schema import (
     ModelList,
 )
 from router_service.openapi_doc import install_openapi
+from router_service.role_table import RoleTable
 from router_service.sampling_params import (
     chat_sampling,
     check_token_ids,
@@ -70,17 +71,17 @@ class _Limits:
     max_messages: int = DEFAULT_MAX_MESSAGES
 
 
-def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer: Any,
+def build_api(backend: GenerationBackend, roles: Sequence[ServedRole] | RoleTable, tokenizer: Any,
               max_model_len: int, session_header: str = "x-session-id", *,
               guard: RequestGuard | None = None,
               max_messages: int = DEFAULT_MAX_MESSAGES) -> FastAPI:
     """The whole HTTP surface. ``roles``: the served roles (name, instructions and
-    default_max_tokens are read);
+    default_max_tokens are read), or a RoleTable the ingress replaces while it runs;
     ``tokenizer`` is the BASE model's transformers tokenizer (its chat template builds every
     role's prompt); ``max_model_len`` is the smallest context window on the serving path;
     ``guard`` checks API keys, rate and body size (router_service.guard; None: none of it)."""
-    by_name: dict[str, ServedRole] = {r.name: r for r in roles}
-    if not by_name:
+    table = roles if isinstance(roles, RoleTable) else RoleTable(roles)
+    if not len(table):
         raise ValueError("build_api needs at least one role")
     builder = PromptBuilder(tokenizer)
     vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else None
@@ -93,17 +94,17 @@ def build_api(backend: GenerationBackend, roles: Sequence[ServedRole], tokenizer
         # Added before the error handlers' catch-all, so that one stays outermost.
         app.add_middleware(GuardMiddleware, guard=guard)
     install_error_handlers(app)
-    install_openapi(app, list(by_name), auth=guard is not None and guard.auth_enabled)
+    install_openapi(app, table.names(), auth=guard is not None and guard.auth_enabled)
 
     def visible_roles(request: Request) -> list[str]:
         key = api_key_of(request.scope)
-        return [n for n in by_name if key is None or key.may_use(n)]
+        return [n for n in table.names() if key is None or key.may_use(n)]
 
     def role_of(name: str | None, request: Request) -> ServedRole:
         if not name:
             raise ServingError("You must provide a model parameter (an agent role name).",
                            param="model", code="missing_model")
-        role = by_name.get(name)
+        role = table.get(name)
         if role is None:
             raise model_not_found(name, sorted(visible_roles(request)))
         key = api_key_of(request.scope)

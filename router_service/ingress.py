@@ -8,6 +8,7 @@ router_service.api.build_api; this class only wires it to Serve.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -20,6 +21,7 @@ from router_service.guard import guard_from_config
 from router_service.metering import MeteredBackend, RequestMetricsMiddleware
 from router_service.metrics import IngressMetrics
 from router_service.pd_backend import Pool, PrefillShareBackend, StageTimeouts
+from router_service.role_table import RoleTable, ServingFacts, resolve_roles
 from router_service.serve_clients import ServeDecodeClient, ServePrefillClient
 
 log = logging.getLogger(__name__)
@@ -43,19 +45,39 @@ class Ingress:
         decode = {name: Pool(ServeDecodeClient(h, name), block_sizes[name])
                   for name, h in decode_handles.items()}
         t = self.config.timeouts
+        # The roles come again as user_config (reconfigure, below), which replaces these.
+        self.roles = RoleTable(roles)
+        self.facts = ServingFacts(
+            base_model, frozenset(prefill_handles), frozenset(decode_handles),
+            self.config.lora_pool.max_lora_rank if self.config.lora_pool else None)
         self.backend = PrefillShareBackend(
-            roles, prefill, decode,
+            self.roles, prefill, decode,
             StageTimeouts(t.prefill_s, t.kv_pull_s, t.first_token_s, t.request_s),
             max_retries=self.config.routing.max_retries,
         )
-        self.roles = roles
         self.max_model_len = max_model_len
         self.prefill_handles = prefill_handles
         self.decode_handles = decode_handles
         # Reads the API keys (config, env var, Secret file) now: a bad or missing key fails the
         # replica at start, not at its first request.
         self.guard = guard_from_config(self.config.auth, self.config.limits,
-                                       [r.name for r in self.roles])
+                                       [r.name for r in roles])
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this after __init__ and on every deploy that changes only the ingress'
+        user_config: the role table is swapped in place (router_service/role_table.py). A
+        rejected role is logged and listed at /admin/roles; the others serve. An unusable list
+        raises, and Serve keeps this replica's current roles."""
+        roles, rejected = resolve_roles(user_config, self.facts)
+        if not roles:
+            raise ValueError(f"no servable role in user_config: {rejected}")
+        before = set(self.roles.names())
+        self.roles.replace(roles, rejected)
+        now = set(self.roles.names())
+        log.info("roles: %s (added %s, removed %s)", sorted(now), sorted(now - before),
+                 sorted(before - now))
+        for r in rejected:
+            log.error("role %s rejected: %s", r.name, r.reason)
 
     def __serve_build_asgi_app__(self) -> Any:
         metrics = IngressMetrics(replica=serve.get_replica_context().replica_id.unique_id)
@@ -74,5 +96,13 @@ class Ingress:
                 for name, h in handles.items():
                     out[kind][name] = await h.stats.remote()
             return out
+
+        @app.get("/admin/roles")
+        async def admin_roles() -> dict[str, Any]:
+            """What this replica serves and what it refused of the last roles update (behind
+            the API keys like every route when auth is on)."""
+            return {"roles": [dataclasses.asdict(r) for r in map(self.roles.get, self.roles.names())
+                              if r is not None],
+                    "rejected": [dataclasses.asdict(r) for r in self.roles.rejected]}
 
         return app

@@ -32,6 +32,7 @@ from contract.wire import (
 )
 from router_service.backend import GenerationRequest
 from router_service.choices import fan_out
+from router_service.role_table import RoleTable
 from routing.block_hashes import prompt_block_hashes
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,10 @@ class Pool:
 
 
 class PrefillShareBackend:
-    def __init__(self, roles: list[ServedRole], prefill: dict[str, Pool],
+    def __init__(self, roles: list[ServedRole] | RoleTable, prefill: dict[str, Pool],
                  decode: dict[str, Pool], timeouts: StageTimeouts, max_retries: int = 2) -> None:
-        self.roles = {r.name: r for r in roles}
+        # A RoleTable the ingress replaces as roles change; a list makes a fixed one.
+        self.roles = roles if isinstance(roles, RoleTable) else RoleTable(roles)
         self.prefill = prefill
         self.decode = decode
         self.timeouts = timeouts
@@ -165,7 +167,7 @@ class PrefillShareBackend:
             prefilled.set()
         params = prefill.kv_transfer_params
         decode_request = DecodeRequest(
-            rid, prompt, request.sampling, params, role.lora_name,
+            rid, prompt, request.sampling, params, role.lora_name, role.lora_path,
             _route(request, prompt, decode_pool, role.decode_deployment))
         stream = decode_pool.client.generate(decode_request).__aiter__()
         first = True

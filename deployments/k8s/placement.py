@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.config import AppConfig, PoolOptions
+from contract.roles import LORA_POOL
 from deployments.k8s.cluster import ClusterConfig, ServeAutoscaling, WorkerGroup, pool_resource
 from deployments.k8s.pods import SERVE_PORT
-from deployments.plan import LORA_POOL, engine_pools
+from deployments.plan import engine_pools
 from deployments.serve_config import IMPORT_PATH, ServeFile
 
 
