@@ -63,6 +63,13 @@ class PoolOptions(_Strict):
         "them (the node-pool placement `prefillshare render-k8s` writes); empty: anywhere.",
     )
     max_ongoing_requests: int = Field(32, ge=1)
+    max_waiting: int | None = Field(
+        None, ge=0, description="Admission control: an engine with more requests than this "
+        "waiting for a slot answers 503 + Retry-After (the ingress tries another replica "
+        "first); null: no limit.")
+    max_kv_usage: float | None = Field(
+        None, gt=0, le=1, description="Admission control: an engine whose KV cache is fuller "
+        "than this fraction refuses new requests the same way; null: no limit.")
     engine: EngineOptions = Field(default_factory=EngineOptions)
 
 
@@ -197,6 +204,11 @@ class LimitsConfig(_Strict):
     rate_limit: RateLimitConfig | None = Field(
         None, description="Per API key (with auth off: one bucket for all clients); per ingress "
         "replica.")
+    max_inflight: int | None = Field(
+        None, ge=1, description="Admission control: requests in the P/D pipeline per ingress "
+        "replica; more get 503 + Retry-After at once; null: no limit.")
+    retry_after_s: int = Field(
+        2, ge=1, description="The Retry-After of an admission-control 503 (ingress and engines).")
 
 
 class AppConfig(_Strict):

@@ -151,6 +151,7 @@ class ErrorCode:
     REPLICA_LOST = "replica_lost"
     ADAPTER_NOT_SERVED = "adapter_not_served"
     SAMPLING_REFUSED = "sampling_refused"  # the decode engine rejected the sampling params
+    OVERLOADED = "overloaded"  # admission control refused new work (503 with Retry-After)
 
 
 INVALID_REQUEST = "invalid_request_error"

@@ -27,6 +27,7 @@ from contract.wire import (
     TokenLogprob,
 )
 from decode_service.lora_requests import LoraRequests
+from vllm_runtime.admission import AdmissionLimits
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_server import EngineServer
 from vllm_runtime.kv_pull_probe import EXTENSION as KV_PULL_EXTENSION
@@ -94,11 +95,12 @@ class DecodeServer(EngineServer):
     kind = "decode"
 
     def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0,
-                 lora_adapters: dict[str, str] | None = None) -> None:
+                 lora_adapters: dict[str, str] | None = None,
+                 admission: AdmissionLimits = AdmissionLimits()) -> None:
         # The worker extension lists in-flight KV pulls (vllm_runtime/kv_pull_probe.py).
         options = spec.options.model_copy(
             update={"extra": {"worker_extension_cls": KV_PULL_EXTENSION, **spec.options.extra}})
-        super().__init__(dataclasses.replace(spec, options=options), pool, core_offset)
+        super().__init__(dataclasses.replace(spec, options=options), pool, core_offset, admission)
         self.kv_pulls = KvPullWatcher(self.engine.engine)
         self.lora_requests = LoraRequests(lora_adapters or {})
 
@@ -109,6 +111,7 @@ class DecodeServer(EngineServer):
             if lora is None:
                 raise ServingError(f"adapter {request.lora_name!r} is not served here", 500,
                                    code=ErrorCode.ADAPTER_NOT_SERVED, retryable=False)
+        self.admit()
         kv_params = self.kv_source(request)
         params = sampling_params(request.sampling, kv_params)
         rid = request.request_id

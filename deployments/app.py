@@ -70,12 +70,13 @@ def bind_plan(cfg: AppConfig, plan: DeploymentPlan,
     prefill = {
         p.name: _engine_deployment(PrefillServer, p, _router_config(cfg, cfg.routing.prefill_policy, p))
         .bind(p.spec, p.pool, p.core_offset,
-              kv_events_namespace=p.name if cfg.routing.kv_events else None)
+              kv_events_namespace=p.name if cfg.routing.kv_events else None,
+              admission=p.admission)
         for p in plan.prefill
     }
     decode = {
         d.name: _engine_deployment(decode_server, d, _router_config(cfg, decode_policy, d))
-        .bind(d.spec, d.pool, d.core_offset, d.lora_adapters)
+        .bind(d.spec, d.pool, d.core_offset, d.lora_adapters, admission=d.admission)
         for d in plan.decode
     }
     # The API refuses prompts no engine on the path can hold.

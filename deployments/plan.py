@@ -17,6 +17,7 @@ from contract.roles import (
     served_role,
 )
 from deployments.kv_compat import check_kv_compatible
+from vllm_runtime.admission import AdmissionLimits
 from vllm_runtime.decoder_identity import base_mismatch
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.lora_adapters import check_adapter
@@ -33,6 +34,7 @@ class EnginePool:
     options: PoolOptions
     core_offset: int  # first CPU core index of this pool's engines
     lora_adapters: dict[str, str] = field(default_factory=dict)
+    admission: AdmissionLimits = AdmissionLimits()
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         prefill_models[name] = model
         spec = EngineSpec(model=model, side="producer", options=pool.engine,
                           prefix_caching=True, engine_id=f"prefill-{name}")
-        prefill.append(EnginePool(prefill_deployment_name(name), name, spec, pool, core))
+        prefill.append(EnginePool(prefill_deployment_name(name), name, spec, pool, core,
+                                  admission=_admission(cfg, pool)))
         core += pool.replicas * pool.engine.cpu_threads
 
     decode: list[EnginePool] = []
@@ -80,7 +83,7 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
         spec = _decode_spec(cfg, role, model, prefill_models[role.prefill_pool],
                             cfg.prefill_pools[role.prefill_pool].engine.dtype)
         decode.append(EnginePool(decode_deployment_name(role), role.name, spec, role.decode_pool,
-                                 core))
+                                 core, admission=_admission(cfg, role.decode_pool)))
         core += role.decode_pool.replicas * role.decode_pool.engine.cpu_threads
         roles.append(served_role(role))
     if lora_roles:
@@ -98,11 +101,16 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
                           lora=(lp.max_lora_rank, lp.max_loras))
         adapters = {r.name: str(check_adapter(r.lora_adapter, base, lp.max_lora_rank))
                     for r in lora_roles if r.lora_adapter}
-        decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters))
+        decode.append(EnginePool(f"decode-{LORA_POOL}", LORA_POOL, spec, lp, core, adapters,
+                                 _admission(cfg, lp)))
         roles += [served_role(r, adapters[r.name]) for r in lora_roles]
     order = {r.name: i for i, r in enumerate(cfg.roles)}
     roles.sort(key=lambda r: order[r.name])
     return DeploymentPlan(tuple(prefill), tuple(decode), tuple(roles), base)
+
+
+def _admission(cfg: AppConfig, pool: PoolOptions) -> AdmissionLimits:
+    return AdmissionLimits(pool.max_waiting, pool.max_kv_usage, cfg.limits.retry_after_s)
 
 
 def _decode_spec(cfg: AppConfig, role: RoleConfig, model: str, prefill_model: str,

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from contract.wire import PrefillRequest, PrefillResult
+from vllm_runtime.admission import AdmissionLimits
 from vllm_runtime.engine_server import EngineServer
 
 
@@ -20,7 +21,8 @@ class PrefillServer(EngineServer):
     kind = "prefill"
 
     def __init__(self, spec: Any, pool: str, core_offset: int = 0,
-                 kv_events_namespace: str | None = None) -> None:
+                 kv_events_namespace: str | None = None,
+                 admission: AdmissionLimits = AdmissionLimits()) -> None:
         """``kv_events_namespace`` (the ingress's block-hash namespace: this deployment's name)
         turns on vLLM's KV cache events: a feed bound before the engine starts learns what the
         engine stores and evicts, and ``record_routing_stats`` publishes it to the routers."""
@@ -35,7 +37,7 @@ class PrefillServer(EngineServer):
             extra = {**spec.options.extra,
                      "kv_events_config": KVEventsConfig(**self.kv_feed.kv_events_config())}
             spec = dataclasses.replace(spec, options=spec.options.model_copy(update={"extra": extra}))
-        super().__init__(spec, pool, core_offset)
+        super().__init__(spec, pool, core_offset, admission)
 
     def record_routing_stats(self) -> dict[str, Any]:
         stats = super().record_routing_stats()
@@ -49,6 +51,7 @@ class PrefillServer(EngineServer):
     async def prefill(self, request: PrefillRequest) -> PrefillResult:
         from vllm import SamplingParams
 
+        self.admit()
         params = SamplingParams(
             max_tokens=1,
             temperature=0.0,

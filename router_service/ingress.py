@@ -16,6 +16,7 @@ from ray import serve
 
 from contract.config import AppConfig
 from contract.roles import ServedRole
+from router_service.admission_gate import AdmissionGate
 from router_service.api import build_api
 from router_service.guard import guard_from_config
 from router_service.metering import MeteredBackend, RequestMetricsMiddleware
@@ -81,7 +82,9 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> Any:
         metrics = IngressMetrics(replica=serve.get_replica_context().replica_id.unique_id)
-        app = build_api(MeteredBackend(self.backend, metrics), self.roles, self.tokenizer,
+        limits = self.config.limits
+        gated = AdmissionGate(self.backend, limits.max_inflight, limits.retry_after_s)
+        app = build_api(MeteredBackend(gated, metrics), self.roles, self.tokenizer,
                         self.max_model_len, self.config.routing.session_header,
                         guard=self.guard, max_messages=self.config.limits.max_messages)
         app.add_middleware(RequestMetricsMiddleware, sink=metrics)

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from contract.wire import ReplicaProbe
+from vllm_runtime.admission import AdmissionLimits
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_host import EngineHost
 from vllm_runtime.engine_metrics import EngineMetrics
@@ -17,8 +18,10 @@ from vllm_runtime.replica_identity import replica_engine_id, replica_rank, repli
 class EngineServer:
     kind = "engine"  # "prefill" or "decode" in subclasses: names engine ids and metrics
 
-    def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0) -> None:
+    def __init__(self, spec: EngineSpec, pool: str, core_offset: int = 0,
+                 admission: AdmissionLimits = AdmissionLimits()) -> None:
         self.pool = pool
+        self.admission = admission
         # vLLM labels its own metrics (ray_vllm_*) model_name=served_model_name: naming the
         # deployment (prefill-<pool>, decode-<pool>) makes them per pool; NIXL's handshake
         # hashes the model path, not this name.
@@ -28,6 +31,16 @@ class EngineServer:
         self.engine = EngineHost(spec, core_index=core_offset + replica_rank(),
                                  on_stats=self.metrics.publish)
         self.inflight = 0
+        self.refused = 0  # requests admission control turned away
+
+    def admit(self) -> None:
+        """Raises the 503 of admission control (vllm_runtime/admission.py) when this engine
+        is past its pool's limits; called before a request enters the engine."""
+        c = self.engine.counters
+        refusal = self.admission.refusal(c.waiting, c.kv_cache_usage)
+        if refusal is not None:
+            self.refused += 1
+            raise refusal
 
     async def all_blocks_free(self, probe: ReplicaProbe = ReplicaProbe()) -> bool:
         """The request router pins a probe to ``probe.route.target_replica`` (a Serve replica
@@ -35,7 +48,8 @@ class EngineServer:
         return await self.engine.all_blocks_free()
 
     async def stats(self, probe: ReplicaProbe = ReplicaProbe()) -> dict[str, Any]:
-        return {"pool": self.pool, "inflight": self.inflight, "replica": replica_unique_id(),
+        return {"pool": self.pool, "inflight": self.inflight, "refused": self.refused,
+                "replica": replica_unique_id(),
                 **self.engine.report()}
 
     def record_routing_stats(self) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""Admission control at an engine: refuse new work BEFORE memory runs out, with a 503 and a
+Retry-After the client can act on, instead of queueing until Ray's memory monitor or the kernel
+kills the replica (what a soak run once met: 9 calls 504 after replicas were killed).
+
+Two signals the engine already reports every step (EngineCounters): requests WAITING for a
+slot (the queue that grows without bound under overload; each holds its prompt, and on the
+decode side its pulled KV) and the fraction of KV blocks in use. A refused request carried no
+token to the client, so the ingress retries it on another replica of the pool first
+(pd_backend: code ``overloaded``), and only answers 503 when all it tried were full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contract.wire import ErrorCode, ServingError
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    max_waiting: int | None = None  # refuse while more requests than this wait in the engine
+    max_kv_usage: float | None = None  # refuse while the KV cache is fuller than this (0-1]
+    retry_after_s: int = 2
+
+    def refusal(self, waiting: int, kv_usage: float) -> ServingError | None:
+        """The 503 to answer now, or None to admit."""
+        if self.max_waiting is not None and waiting > self.max_waiting:
+            why = f"{waiting} requests waiting (limit {self.max_waiting})"
+        elif self.max_kv_usage is not None and kv_usage > self.max_kv_usage:
+            why = f"KV cache {kv_usage:.0%} full (limit {self.max_kv_usage:.0%})"
+        else:
+            return None
+        return ServingError(f"The server is overloaded ({why}); retry after "
+                            f"{self.retry_after_s} s.", 503, code=ErrorCode.OVERLOADED,
+                            retryable=True, headers={"retry-after": str(self.retry_after_s)})
