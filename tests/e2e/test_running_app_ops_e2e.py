@@ -1,7 +1,11 @@
-"""Roles without a redeploy, the user's way: `prefillshare up` a LoRA app, then `prefillshare
-roles add|remove` against its dashboard. A role is added, replaced and removed while requests
-keep flowing: none fails, no replica restarts (same Serve replica ids), /v1/models follows,
-the decode pool serves a new adapter from its folder, and a bad adapter is refused up front."""
+"""Operating a running app, the user's way: `prefillshare up` a LoRA app (one app for the module).
+
+Roles without a redeploy (`prefillshare roles add|remove` against its dashboard): a role is
+added, replaced and removed while requests keep flowing: none fails, no replica restarts (same
+Serve replica ids), /v1/models follows, the decode pool serves a new adapter from its folder,
+and a bad adapter is refused up front. Admission control: past the LoRA pool's max_waiting the
+decode engine answers 503 + Retry-After, past limits.max_inflight the ingress does, and the
+admitted requests all finish."""
 
 from __future__ import annotations
 
@@ -40,7 +44,10 @@ def app(tmp_path_factory) -> Iterator[dict]:
             "name": APP, "route_prefix": "/", "import_path": "deployments.app:build_app",
             "args": {"base_model": base,
                      "prefill_pools": {"shared": {"engine": tiny_engine()}},
-                     "lora_pool": {"engine": tiny_engine(), "max_lora_rank": 8, "max_loras": 2},
+                     # Two sequences at a time and no queue: a third request is refused.
+                     "lora_pool": {"engine": tiny_engine(max_num_seqs=2), "max_lora_rank": 8,
+                                   "max_loras": 2, "max_waiting": 0},
+                     "limits": {"max_inflight": 6, "retry_after_s": 3},
                      "roles": [{"name": "coder",
                                 "lora_adapter": tiny_lora_adapter(base, "coder", 5)}]},
         }],
@@ -63,8 +70,10 @@ def app(tmp_path_factory) -> Iterator[dict]:
                 break
         assert any("ready in" in line for line in seen), "".join(seen[-40:])
         with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=120) as client:
+            token = tmp / "run" / "ray_auth_token"  # `up` turns Ray's token auth on
             yield {"client": client, "dashboard": f"http://127.0.0.1:{dashboard_port}",
-                   "base": base}
+                   "base": base, "token": token,
+                   "auth": {"Authorization": f"Bearer {token.read_text().strip()}"}}
     finally:
         up.send_signal(signal.SIGINT)  # `up` stops exactly the processes it started
         try:
@@ -75,7 +84,8 @@ def app(tmp_path_factory) -> Iterator[dict]:
 
 def roles(app: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deployments", "roles", "--address",
-                           app["dashboard"], "--app", APP, *args],
+                           app["dashboard"], "--app", APP, "--token-file", str(app["token"]),
+                           *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -91,7 +101,8 @@ def models(app: dict) -> set[str]:
 
 
 def replica_ids(app: dict) -> dict[str, set[str]]:
-    details = httpx.get(f"{app['dashboard']}/api/serve/applications/", timeout=30).json()
+    details = httpx.get(f"{app['dashboard']}/api/serve/applications/", headers=app["auth"],
+                        timeout=30).json()
     deployments = details["applications"][APP]["deployments"]
     return {name: {r["replica_id"] for r in d["replicas"]} for name, d in deployments.items()}
 
@@ -164,3 +175,41 @@ def test_a_bad_adapter_is_refused_and_the_roles_keep_serving(app, tmp_path):
     assert missing.returncode == 2 and "no adapter_config.json" in missing.stderr
     assert models(app) == {"coder"}
     answer(app, "coder")
+
+
+def _post_stream(url: httpx.URL, max_tokens: int) -> httpx.Response:
+    with httpx.Client(base_url=url, timeout=300) as client:
+        return client.post("/roles/coder/v1/chat/completions", json={
+            "messages": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "stream": True})
+
+
+def _decode_stats(app: dict) -> dict:
+    return app["client"].get("/stats").json()["decode"]["decode-lora"]
+
+
+def test_overload_is_answered_503_with_retry_after(app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.running_app import wait_for
+
+    url = app["client"].base_url
+    refused_before = _decode_stats(app)["refused"]
+    with ThreadPoolExecutor(16) as pool:
+        # Four long requests: two run in the decode engine, two wait in its queue.
+        wave = [pool.submit(_post_stream, url, 900) for _ in range(4)]
+        assert wait_for(lambda: _decode_stats(app)["waiting"] > 0, timeout_s=120)
+        # The engine is past max_waiting 0: one more is refused there, before any token.
+        engine_refused = _post_stream(url, 8)
+        assert engine_refused.status_code == 503, engine_refused.text
+        assert engine_refused.headers["retry-after"] == "3"
+        error = engine_refused.json()["error"]
+        assert error["code"] == "overloaded" and "requests waiting (limit 0)" in error["message"]
+        # Past max_inflight 6 at the ingress: the rest of a burst is refused at once.
+        burst = [pool.submit(_post_stream, url, 8) for _ in range(6)]
+        statuses = [f.result().status_code for f in burst]
+        at_ingress = [f.result() for f in burst if "at this ingress" in f.result().text]
+        assert at_ingress and all(r.status_code == 503 and r.headers["retry-after"] == "3"
+                                  for r in at_ingress), statuses
+        assert set(statuses) <= {200, 503}, statuses
+        assert [f.result().status_code for f in wave] == [200] * 4  # the admitted all finish
+    assert _decode_stats(app)["refused"] > refused_before
