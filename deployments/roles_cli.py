@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard")
     p.add_argument("--app", default="prefillshare", help="the Serve application's name")
-    p.add_argument("--token-file", default="", help="Ray auth token (token auth mode)")
+    p.add_argument("--token-file", default="runs/local/ray_auth_token",
+                   help="the cluster's Ray auth token, as `up` wrote it (empty string: no auth)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for RUNNING")
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="print the roles the ingress serves")
@@ -109,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     remove = sub.add_parser("remove", help="stop serving a role (requests in flight finish)")
     remove.add_argument("name")
     args = p.parse_args(argv)
-    headers = _auth_headers(args.token_file)
+    try:
+        headers = _auth_headers(args.token_file)
+    except OSError as exc:
+        print(f"prefillshare roles: cannot read the Ray auth token: {exc} "
+              "(--token-file '' for a cluster without auth)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         details = _details(args.address, headers)
         app_config = app_config_of(details, args.app)
