@@ -14,7 +14,7 @@ from deployments.kv_compat import KvIncompatible
 from deployments.plan import make_plan
 from vllm_runtime.decoder_identity import IDENTITY_FILE, model_identity
 from vllm_runtime.lora_adapters import PROJECT_ROOT, AdapterRejected, find_adapter
-from vllm_runtime.model_assets import cache_dir, tiny_llama_folder
+from vllm_runtime.model_assets import cache_dir, smollm2_folder, tiny_llama_folder
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,6 @@ def test_the_default_app_serves_the_committed_adapters_with_their_training_promp
         assert adapter["r"] <= app.lora_pool.max_lora_rank
         identity = json.loads((find_adapter(role.lora_adapter) / IDENTITY_FILE).read_text())
         assert identity["train_config"]["task"]["name"] == f"role_{role.name}"
+        # The base this machine converted is byte for byte the one the adapter was trained on
+        # (the conversion is deterministic), so the served base passes the identity check.
+        assert identity["base"]["sha256"] == model_identity(smollm2_folder())["sha256"]
