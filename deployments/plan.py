@@ -51,11 +51,10 @@ def engine_pools(cfg: AppConfig) -> dict[str, PoolOptions]:
     pools: dict[str, PoolOptions] = {
         prefill_deployment_name(name): pool for name, pool in cfg.prefill_pools.items()}
     for role in cfg.roles:
-        if role.lora_adapter:
-            assert cfg.lora_pool is not None  # the schema guarantees it
-            pools[decode_deployment_name(role)] = cfg.lora_pool
-        else:
+        if not role.lora_adapter:
             pools[decode_deployment_name(role)] = role.decode_pool
+    if cfg.lora_pool is not None:  # runs even with no LoRA role yet: roles can be added live
+        pools[f"decode-{LORA_POOL}"] = cfg.lora_pool
     return pools
 
 
@@ -86,10 +85,10 @@ def make_plan(cfg: AppConfig) -> DeploymentPlan:
                                  core, admission=_admission(cfg, role.decode_pool)))
         core += role.decode_pool.replicas * role.decode_pool.engine.cpu_threads
         roles.append(served_role(role))
-    if lora_roles:
-        assert cfg.lora_pool is not None  # the schema guarantees it
+    if cfg.lora_pool is not None:
+        # Started even without a LoRA role: `prefillshare roles add` can give it one later.
         lp = cfg.lora_pool
-        pools = {r.prefill_pool for r in lora_roles}
+        pools = {r.prefill_pool for r in lora_roles} or set(cfg.prefill_pools)
         for pool_name in pools:
             _check_pair(cfg, base, prefill_models[pool_name], lp.engine.dtype,
                         cfg.prefill_pools[pool_name].engine.dtype, "lora_pool")

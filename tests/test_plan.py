@@ -251,3 +251,12 @@ def test_the_default_app_serves_the_committed_adapters_with_their_training_promp
         # The base this machine converted is byte for byte the one the adapter was trained on
         # (the conversion is deterministic), so the served base passes the identity check.
         assert identity["base"]["sha256"] == model_identity(smollm2_folder())["sha256"]
+
+
+def test_a_lora_pool_without_lora_roles_still_runs_for_roles_added_later(models):
+    plan = _plan(models, lora_pool={"max_lora_rank": 8}, roles=[{"name": "planner"}])
+    assert [d.name for d in plan.decode] == ["decode-planner", "decode-lora"]
+    lora = plan.decode[1]
+    assert lora.lora_adapters == {} and lora.spec.lora == (8, 4)
+    assert lora.spec.enforce_handshake_compat is True  # the shared pool prefills with the base
+    assert [r.name for r in plan.roles] == ["planner"]
