@@ -66,21 +66,25 @@ def with_roles(details: dict[str, Any], app: str, roles: list[dict[str, Any]]) -
 
 
 def checked_role(app_config: dict[str, Any], role: dict[str, Any]) -> dict[str, Any]:
-    """The role as the ingress will get it (adapter path made absolute), or ValueError."""
-    from vllm_runtime.lora_adapters import check_adapter
+    """The role as the ingress will get it (adapter path made absolute), or ValueError with
+    the reason: the same checks each ingress replica runs (router_service/role_table.py),
+    against what this app's config runs."""
+    from contract.roles import prefill_deployment_name
+    from deployments.plan import engine_pools
+    from router_service.role_table import ServingFacts, resolve_roles
     from vllm_runtime.model_assets import resolve_model
 
     cfg = AppConfig.model_validate(app_config.get("args") or {})
     parsed = RoleConfig.model_validate(role)
-    if parsed.prefill_pool not in cfg.prefill_pools:
-        raise ValueError(f"no prefill pool {parsed.prefill_pool!r} in the app")
-    if parsed.lora_adapter is None:
-        return parsed.model_dump(mode="json", exclude_defaults=True)
-    if cfg.lora_pool is None:
-        raise ValueError("the app runs no LoRA pool (add `lora_pool` to its config and deploy)")
-    folder = check_adapter(parsed.lora_adapter, resolve_model(cfg.base_model),
-                           cfg.lora_pool.max_lora_rank)
-    parsed = parsed.model_copy(update={"lora_adapter": str(folder)})
+    prefill = frozenset(prefill_deployment_name(name) for name in cfg.prefill_pools)
+    facts = ServingFacts(resolve_model(cfg.base_model), prefill,
+                         frozenset(engine_pools(cfg)) - prefill,
+                         cfg.lora_pool.max_lora_rank if cfg.lora_pool else None)
+    served, rejected = resolve_roles({"roles": [parsed.model_dump(mode="json")]}, facts)
+    if rejected:
+        raise ValueError(rejected[0].reason)
+    if served[0].lora_path is not None:
+        parsed = parsed.model_copy(update={"lora_adapter": served[0].lora_path})
     return parsed.model_dump(mode="json", exclude_defaults=True)
 
 
