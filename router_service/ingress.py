@@ -104,8 +104,7 @@ class Ingress:
         async def admin_roles() -> dict[str, Any]:
             """What this replica serves and what it refused of the last roles update (behind
             the API keys like every route when auth is on)."""
-            return {"roles": [dataclasses.asdict(r) for r in map(self.roles.get, self.roles.names())
-                              if r is not None],
+            return {"roles": [dataclasses.asdict(r) for r in self.roles.roles()],
                     "rejected": [dataclasses.asdict(r) for r in self.roles.rejected]}
 
         return app

@@ -55,6 +55,9 @@ class RoleTable:
     def names(self) -> list[str]:
         return list(self._by_name)
 
+    def roles(self) -> list[ServedRole]:
+        return list(self._by_name.values())
+
     def __len__(self) -> int:
         return len(self._by_name)
 

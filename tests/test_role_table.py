@@ -114,3 +114,11 @@ def test_lora_requests_get_a_new_id_per_folder_so_a_replaced_adapter_loads_afres
     assert reqs.get("planner", "/b/planner") == ("planner", 4, "/b/planner")  # replaced
     assert reqs.get("planner", None) == ("planner", 4, "/b/planner")  # name only: the latest
     assert reqs.get("nobody", None) is None
+
+
+def test_the_table_lists_its_roles_in_order_and_swaps_whole(base):
+    first, _ = resolve_roles({"roles": [{"name": "planner"}]}, facts(base))
+    table = RoleTable(first)
+    assert [r.name for r in table.roles()] == ["planner"]
+    table.replace([], [])
+    assert table.roles() == [] and table.names() == []
