@@ -47,8 +47,9 @@ def tiny_lora_adapter(base_dir: str, name: str, seed: int,
 
 
 def tiny_engine(**overrides: Any) -> dict[str, Any]:
+    # A tiny engine starts in well under a minute; one that hangs in start is retried sooner.
     return {"max_model_len": 1024, "dtype": "float32", "max_num_seqs": 8,
-            "block_size": 128, **overrides}
+            "block_size": 128, "start_timeout_s": 300, **overrides}
 
 
 @dataclass

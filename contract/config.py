@@ -42,6 +42,9 @@ class EngineOptions(_Strict):
     kv_lease_duration_s: int = Field(
         30, ge=1, description="How long prefill holds a request's blocks for the decode pull."
     )
+    start_timeout_s: float = Field(
+        900, gt=0, description="An engine not ready this long after its replica started is "
+        "stopped, and Serve starts the replica again (vLLM can hang in start for good).")
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Passed to vLLM's AsyncEngineArgs as is."
     )

@@ -16,7 +16,15 @@ from contract.config import EngineOptions
 from vllm_runtime import nixl_tuning
 from vllm_runtime.engine_args import EngineSpec, cpu_has_fast_bf16, engine_kwargs, resolve_dtype
 from vllm_runtime.engine_stats import EngineCounters
-from vllm_runtime.replica_env import apply, cpu_bind_for, engine_environment, free_port, node_host
+from vllm_runtime.replica_env import (
+    LISTEN_PORTS_FROM,
+    apply,
+    cpu_bind_for,
+    engine_environment,
+    ephemeral_port_low,
+    free_port,
+    node_host,
+)
 
 # --- nixl_tuning --------------------------------------------------------------------------
 
@@ -199,11 +207,25 @@ def test_cpu_bind_round_robin(index, threads, cores, expected):
     assert cpu_bind_for(index, threads, cores) == expected
 
 
-def test_free_port_is_bindable():
-    port = free_port("127.0.0.1")
-    assert 0 < port < 65536
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", port))
+def test_free_port_is_bindable_and_outside_the_ephemeral_range():
+    ports = [free_port("127.0.0.1") for _ in range(20)]
+    assert len(set(ports)) == 20  # never the same port twice in one process
+    for port in ports:
+        assert LISTEN_PORTS_FROM <= port < ephemeral_port_low()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_free_port_skips_a_port_in_use(monkeypatch):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", LISTEN_PORTS_FROM))
+        taken.listen()
+        monkeypatch.setattr("vllm_runtime.replica_env._handed_out", set())
+        monkeypatch.setattr("vllm_runtime.replica_env.ephemeral_port_low",
+                            lambda: LISTEN_PORTS_FROM + 2)
+        assert free_port("127.0.0.1") == LISTEN_PORTS_FROM + 1  # the other port of two
+        # Both handed out or taken: the OS's own pick, which is bindable.
+        assert free_port("127.0.0.1") not in (LISTEN_PORTS_FROM, LISTEN_PORTS_FROM + 1)
 
 
 def test_node_host_precedence(monkeypatch):

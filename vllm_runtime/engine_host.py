@@ -18,6 +18,7 @@ from vllm_runtime import replica_env
 from vllm_runtime.engine_args import EngineSpec, engine_kwargs
 from vllm_runtime.engine_metrics import vllm_stat_loggers
 from vllm_runtime.engine_stats import EngineCounters, stat_logger_factory
+from vllm_runtime.start_deadline import start_deadline
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,11 @@ class EngineHost:
         kwargs = engine_kwargs(spec, on_cpu=self.on_cpu)
         kwargs["kv_transfer_config"] = KVTransferConfig(**kwargs["kv_transfer_config"])
         self.counters = EngineCounters()
-        self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs),
-            stat_loggers=[stat_logger_factory(self.counters, on_stats), *vllm_stat_loggers()],
-        )
+        with start_deadline(spec.options.start_timeout_s, f"engine {spec.engine_id}"):
+            self.engine = AsyncLLM.from_engine_args(
+                AsyncEngineArgs(**kwargs),
+                stat_loggers=[stat_logger_factory(self.counters, on_stats), *vllm_stat_loggers()],
+            )
         self.start_s = time.perf_counter() - started
         self.requests_started = 0
         self.requests_finished = 0

@@ -9,6 +9,7 @@ EngineCore subprocess inherits them, so they are set in the replica process itse
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass
 
@@ -19,9 +20,43 @@ class ReplicaNetwork:
     side_channel_port: int
 
 
+# Ports handed out for a server to bind later come from below the kernel's ephemeral range
+# and above Ray's worker ports (10002-19999): a port from the ephemeral range, free when
+# picked, is often taken by then by an outgoing connection or another bind(0) (UCX, gloo,
+# Ray), and a vLLM engine whose NIXL side channel cannot bind hangs in start forever.
+LISTEN_PORTS_FROM = 20000
+_FALLBACK_EPHEMERAL_LOW = 32768
+_handed_out: set[int] = set()
+
+
+def ephemeral_port_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _FALLBACK_EPHEMERAL_LOW
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str) -> int:
-    """A port free on ``host`` right now (the OS picks it; a tiny race is acceptable here
-    because vLLM fails loudly if it cannot bind, and Serve restarts the replica)."""
+    """A port free on ``host`` now, for a server that binds it later: drawn at random from
+    outside the ephemeral range (see LISTEN_PORTS_FROM) and never the same twice in this
+    process; the OS's own pick only where that range is empty or full."""
+    low, high = LISTEN_PORTS_FROM, ephemeral_port_low()
+    rng = random.SystemRandom()
+    for _ in range(64 if high > low else 0):
+        port = rng.randrange(low, high)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
