@@ -6,6 +6,8 @@ train: one decoder for one task on Ray Train (--backend local: the same loop in-
 eval:  scores base / Full-FT / naive sharing / PrefillShare (+LoRA) and the r sweep; writes
        results.json, table.md and sweep.png to the eval config's output_dir.
 nll:   teacher-forced held-out NLL per response token for the same variants and r sweep.
+study: a paired accuracy study: every arm at every lr and seed, the lr chosen on validation
+       questions, the arms compared on the same test questions; rerun to resume.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     nll = sub.add_parser("nll", help="held-out response NLL per token across the r sweep")
     nll.add_argument("--config", type=Path, required=True, help="the same evaluation YAML")
     nll.add_argument("--limit", type=int, default=96, help="held-out examples per task")
+    study = sub.add_parser("study", help="paired accuracy study across methods, lrs and seeds")
+    study.add_argument("--config", type=Path, required=True, help="study YAML (e.g. training/configs/study_bfcl_parity.yaml)")
+    study.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="local (default): every run in this process, one device; ray: each run on Ray Train")
+    study.add_argument("--report-only", action="store_true", help="rewrite report.md from rows.jsonl")
     example = sub.add_parser("example-config", help="print an example YAML")
     example.add_argument("kind", choices=["train", "eval"])
     return parser
@@ -79,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "example-config":
         print(EXAMPLE_TRAIN if args.kind == "train" else EXAMPLE_EVAL, end="")
         return 0
-    from training.config import EvalConfig, TrainConfig, load_yaml
+    from training.config import EvalConfig, StudyConfig, TrainConfig, load_yaml
+
+    if args.command == "study":
+        from training.study import run_study
+
+        print(run_study(load_yaml(args.config, StudyConfig), args.backend, args.report_only))
+        return 0
 
     if args.command == "train":
         cfg = load_yaml(args.config, TrainConfig)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,6 +25,9 @@ class TaskConfig(_Strict):
     train_limit: int | None = Field(None, ge=1, description="train examples used (seeded subsample)")
     eval_limit: int | None = Field(None, ge=1, description="held-out examples scored")
     seed: int = 0
+    validation_size: int = Field(
+        0, ge=0, description="train questions held back from training, for choosing the lr "
+        "(the same ones in every run: chosen by a hash of the question id)")
     multi_turn_fraction: float = Field(
         0.0, ge=0.0, le=1.0, description="synthetic_arith only: share of two-turn examples"
     )
@@ -119,6 +122,63 @@ class EvalConfig(_Strict):
         if any(not 0 <= r <= 1 for r in self.ratios):
             raise ValueError("ratios must lie in [0, 1]")
         return self
+
+
+class StudyMethod(_Strict):
+    """One arm of an accuracy study: a training mode, its lr grid, its own settings."""
+
+    mode: Mode
+    lrs: list[float] = Field(min_length=1, description="the lr grid; the study picks one")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig fields for this arm only (lora, epochs)")
+
+
+class StudyConfig(_Strict):
+    """A paired accuracy study (`python -m training study`): every arm trained at every lr
+    and seed with one training budget, its lr chosen on validation questions held back from
+    the train split, and the arms compared on the same test questions."""
+
+    base_model: str
+    task: TaskConfig
+    arms: dict[str, StudyMethod]
+    reference: str = Field("full_ft", description="the arm every other arm is compared with")
+    seeds: list[int] = Field([0, 1], min_length=1)
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig fields every run shares (epochs, "
+        "batch_size, max_length, ...)")
+    also_at_r0: list[str] = Field(
+        default_factory=list, description="arms also scored on their own prefill (r = 0) on "
+        "the test questions: is a weakness the decoder's or the base KV's?")
+    max_new_tokens: int = Field(128, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    threads: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: Path = Path("runs/study")
+
+    def run_config(self, arm: str, lr: float, seed: int) -> TrainConfig:
+        method = self.arms[arm]
+        name = run_name(arm, lr, seed)
+        fields = {**self.train, **method.overrides, "base_model": self.base_model,
+                  "task": self.task, "mode": method.mode, "lr": lr, "seed": seed,
+                  "output_dir": self.output_dir / "decoders" / name,
+                  "storage_dir": self.output_dir / "checkpoints", "run_name": name}
+        return TrainConfig.model_validate(fields)
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        if self.task.validation_size < 1:
+            raise ValueError("task.validation_size: the lr is chosen on held-back train "
+                             "questions, never on the test questions")
+        for name in [self.reference, *self.also_at_r0]:
+            if name not in self.arms:
+                raise ValueError(f"{name!r} is not one of the arms {sorted(self.arms)}")
+        for arm, method in self.arms.items():
+            self.run_config(arm, method.lrs[0], self.seeds[0])  # each arm's runs validate
+        return self
+
+
+def run_name(arm: str, lr: float, seed: int) -> str:
+    return f"{arm}-lr{lr:g}-s{seed}"
 
 
 def load_yaml(path: Path, model: type[_Strict]) -> _Strict:

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from training import scoring
 from training.config import EvalConfig, TaskConfig
 from training.data import encode_context, encode_example_context
 from training.generation import greedy_generate
 from training.models import load_base, load_decoder
 from training.tasks import Example, apply_followup, get_task
-from training import scoring
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ tests and quick studies need no files; the benchmarks live in tasks_benchmarks.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -126,6 +127,32 @@ def load_tool_calls(split: Split, limit: int | None, seed: int) -> list[Example]
     rng = random.Random(f"tool-{split}-{seed}")
     count = limit if limit is not None else (1000 if split == "train" else 200)
     return [_tool_example(rng, f"tool-{split}-{i}") for i in range(count)]
+
+
+# ---------------------------------------------------------------- validation split
+def _uid_rank(example: Example) -> str:
+    return hashlib.sha256(example.uid.encode()).hexdigest()
+
+
+def split_validation(examples: list[Example], size: int) -> tuple[list[Example], list[Example]]:
+    """(train, validation): the ``size`` examples whose uid hashes lowest are held back. By
+    uid, not position or seed, so every run of a study holds back the same questions."""
+    held = {ex.uid for ex in sorted(examples, key=_uid_rank)[:size]}
+    return [ex for ex in examples if ex.uid not in held], [ex for ex in examples if ex.uid in held]
+
+
+def training_examples(task: Task, limit: int | None, seed: int, validation_size: int = 0) -> list[Example]:
+    """The train split less the validation questions, then ``limit`` of them (seeded)."""
+    if not validation_size:
+        return task.load("train", limit, seed)
+    train, _ = split_validation(task.load("train", None, seed), validation_size)
+    if limit is None or limit >= len(train):
+        return train
+    return random.Random(seed).sample(train, limit)
+
+
+def validation_examples(task: Task, validation_size: int, seed: int = 0) -> list[Example]:
+    return split_validation(task.load("train", None, seed), validation_size)[1]
 
 
 # ---------------------------------------------------------------- registry

@@ -17,6 +17,7 @@ from typing import Any
 from training import scoring
 from training.tasks import Example, Split
 
+
 def _gsm8k_dir() -> Path:
     # PREFILLSHARE_GSM8K, else the shared data folder, else a shared/ checked out beside the clone.
     if os.environ.get("PREFILLSHARE_GSM8K"):

@@ -16,7 +16,7 @@ from training.config import TrainConfig
 from training.data import TokenizedExample, tokenize_examples
 from training.loop import CheckpointStore, WorkerEnv, total_steps, train_decoder
 from training.models import export_decoder, load_base, make_decoder
-from training.tasks import get_task
+from training.tasks import get_task, training_examples
 from vllm_runtime.decoder_identity import model_identity
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def load_training_data(cfg: TrainConfig, tokenizer) -> list[TokenizedExample]:
     task = get_task(cfg.task.name, cfg.task.multi_turn_fraction)
-    examples = task.load("train", cfg.task.train_limit, cfg.task.seed)
+    examples = training_examples(task, cfg.task.train_limit, cfg.task.seed, cfg.task.validation_size)
     return tokenize_examples(tokenizer, examples, cfg.max_length)
 
 
