@@ -236,8 +236,8 @@ class _Run:
                                       headers={SESSION_HEADER: sid}) as r:
             out.status = r.status_code
             if r.status_code != 200:
-                detail = (await r.aread()).decode(errors="replace")[:300]
-                out.error = f"HTTP {r.status_code}: {detail}"
+                raw = (await r.aread()).decode(errors="replace")
+                out.error = f"HTTP {r.status_code} [{openai_error_code(raw)}]: {raw[:300]}"
                 return
             async for line in r.aiter_lines():
                 if not line.startswith("data: "):
@@ -295,6 +295,16 @@ class _Run:
 
     def _in_flight(self) -> int:
         return self.calls_sent - len(self.result.calls)
+
+
+def openai_error_code(body: str) -> str:
+    """``error.code`` of an OpenAI error body ("-" if none): kept whole in the record, where
+    the body itself is cut short."""
+    try:
+        code = json.loads(body)["error"].get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "-"
+    return str(code) if code else "-"
 
 
 class _StreamOutcome:

@@ -43,6 +43,15 @@ def is_clear_retryable(call: CallRecord) -> bool:
     return kind == "stream_error" and "retry" in (call.error or "")
 
 
+def is_overload_refusal(call: CallRecord) -> bool:
+    """Admission control said no (503, code overloaded): shed load, not a failure."""
+    return outcome(call) == "http_503" and "[overloaded]" in (call.error or "")
+
+
+def overload_refusals(result: RunResult) -> int:
+    return sum(1 for c in result.calls if is_overload_refusal(c))
+
+
 def call_counts(result: RunResult) -> dict[str, Any]:
     kinds = Counter(outcome(c) for c in result.calls)
     failed = {k: n for k, n in sorted(kinds.items()) if k != "completed"}

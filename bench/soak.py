@@ -1,8 +1,13 @@
 """`prefillshare soak`: moderate multi-agent load for a long time (default 30 min) while the
 memory of every Serve replica process is sampled; fails if any replica's memory grows beyond
-a bound.
+a bound, or if a replica was replaced (killed: e.g. by Ray's memory monitor).
 
     flock -s /tmp/prefillshare-engines.lock prefillshare soak --out runs/soak
+
+A memory-pressure run is the same with admission control on and more load than the engines
+drain (``--max-waiting``/``--max-inflight``, a high ``--rate`` and ``--concurrency``): it
+fails unless the overload is answered (503 ``overloaded``), every other call completes, and
+no replica is killed (docs/reliability.md).
 
 Starts the app in this process on 127.0.0.1 (bench/running_app.py): one shared prefill
 replica and roles ``planner`` and ``critic`` with one decode replica each. bench.driver runs
@@ -23,25 +28,44 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fault_report import call_counts
+from bench.fault_report import call_counts, overload_refusals
 from bench.fault_run import _LoadThread
 from bench.soak_report import markdown, memory_growth, plot, problems, windows
 from bench.workload import Workload
 from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
-def soak_app_args(models: str, kv_cache_space_gib: float,
-                  request_timeout_s: float = 150) -> dict[str, Any]:
+def soak_app_args(models: str, kv_cache_space_gib: float, request_timeout_s: float = 150,
+                  max_waiting: int | None = None, max_inflight: int | None = None,
+                  ) -> dict[str, Any]:
+    """max_waiting / max_inflight: admission control on every pool / the ingress (a
+    memory-pressure run); None: off, as in the default app."""
     from bench.app_models import base_decoder_engine
 
     base, decoder, engine = base_decoder_engine(models, kv_cache_space_gib)
-    return {"base_model": base,
-            "prefill_pools": {"shared": {"replicas": 1, "engine": engine}},
-            "roles": [{"name": r, "decoder": decoder, "decode_pool": {"engine": engine}}
+    pool = {"engine": engine, "max_waiting": max_waiting}
+    args = {"base_model": base,
+            "prefill_pools": {"shared": {"replicas": 1, **pool}},
+            "roles": [{"name": r, "decoder": decoder, "decode_pool": pool}
                       for r in ("planner", "critic")],
             # The server answers (504) before the client's timeout: a client timeout is a hang.
             "timeouts": {"prefill_s": 60, "kv_pull_s": 60, "first_token_s": 60,
                          "request_s": request_timeout_s}}
+    if max_inflight is not None:
+        args["limits"] = {"max_inflight": max_inflight}
+    return args
+
+
+def mem_available_gib() -> float | None:
+    """The node's MemAvailable: how close the box is to Ray's memory monitor (95% used)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return None
 
 
 def soak_workload(args: argparse.Namespace) -> Workload:
@@ -57,11 +81,13 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     from bench import replicas as rep
     from bench.running_app import APP, running_app
 
-    cfg = soak_app_args(args.models, args.kv_cache_space_gib, args.request_timeout_s)
+    cfg = soak_app_args(args.models, args.kv_cache_space_gib, args.request_timeout_s,
+                        args.max_waiting, args.max_inflight)
     print("[soak] starting the app (3 engines) ...", flush=True)
     with running_app(cfg) as running:
         load = _LoadThread(running.url, soak_workload(args))
         samples: list[dict[str, Any]] = []
+        replicas_at_start = sorted(r.actor_name for r in rep.live_replicas(APP))
         load.start()
         t0 = time.monotonic()
         next_at = 0.0
@@ -69,7 +95,8 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             if time.monotonic() - t0 >= next_at:
                 t = time.monotonic() - t0
                 mem = rep.replica_memory(rep.live_replicas(APP))
-                samples.append({"t_s": t, "replicas": mem})
+                samples.append({"t_s": t, "replicas": mem,
+                                "mem_available_gib": mem_available_gib()})
                 total = sum(m["rss_mib"] for m in mem.values())
                 kinds = {k: sum(m["parts"].get(k, 0.0) for m in mem.values())
                          for k in ("replica", "engine_core", "worker")}
@@ -79,7 +106,9 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                 next_at += args.sample_s
             time.sleep(0.5)
         samples.append({"t_s": time.monotonic() - t0,
-                        "replicas": rep.replica_memory(rep.live_replicas(APP))})
+                        "replicas": rep.replica_memory(rep.live_replicas(APP)),
+                        "mem_available_gib": mem_available_gib()})
+        replicas_at_end = sorted(r.actor_name for r in rep.live_replicas(APP))
         if load.error is not None or load.result is None:
             raise RuntimeError(f"the load driver failed: {load.error!r}")
     result = load.result
@@ -93,6 +122,11 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         "windows": windows(result.calls, args.sample_s, duration),
         "memory": memory_growth(samples, skip_s=args.warmup_s),
         "memory_samples": samples,
+        "admission": {"max_waiting": args.max_waiting, "max_inflight": args.max_inflight,
+                      "refused_overloaded": overload_refusals(result)},
+        "replicas": {"at_start": replicas_at_start, "at_end": replicas_at_end},
+        "mem_available_min_gib": min((s["mem_available_gib"] for s in samples
+                                      if s.get("mem_available_gib") is not None), default=None),
     }
     report["problems"] = problems(report, args.max_growth_mib)
     return report
@@ -121,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a call with no answer by then counts as hung")
     p.add_argument("--kv-cache-space-gib", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-waiting", type=int, default=None,
+                   help="memory-pressure run: admission control on every pool (pool max_waiting)")
+    p.add_argument("--max-inflight", type=int, default=None,
+                   help="memory-pressure run: admission control at the ingress (limits.max_inflight)")
     return p
 
 

@@ -93,6 +93,19 @@ def problems(report: dict[str, Any], max_growth_mib: float) -> list[str]:
     hung = calls["client_timeouts"]
     if hung:
         out.append(f"{hung} call(s) hung until the client timeout")
+    replicas = report.get("replicas")
+    if replicas:
+        gone = sorted(set(replicas["at_start"]) - set(replicas["at_end"]))
+        if gone:
+            out.append(f"replica(s) killed or replaced during the run: {gone}")
+    admission = report.get("admission") or {}
+    if admission.get("max_waiting") is not None or admission.get("max_inflight") is not None:
+        refused = admission["refused_overloaded"]
+        if not refused:
+            out.append("admission control refused nothing: the load never reached the limits")
+        other = calls["failed"] - refused
+        if other:
+            out.append(f"{other} call(s) failed other than by an overload refusal")
     return out
 
 
@@ -128,6 +141,20 @@ def plot(report: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def _admission(report: dict[str, Any]) -> str:
+    a = report.get("admission") or {}
+    if a.get("max_waiting") is None and a.get("max_inflight") is None:
+        return "off"
+    return (f"pool max_waiting {a.get('max_waiting')}, ingress max_inflight "
+            f"{a.get('max_inflight')}: {a['refused_overloaded']} call(s) refused 503 overloaded")
+
+
+def _replicas_kept(report: dict[str, Any]) -> str:
+    replicas = report.get("replicas") or {"at_start": [], "at_end": []}
+    kept = set(replicas["at_start"]) & set(replicas["at_end"])
+    return f"replicas alive at the end: {len(kept)} of the {len(replicas['at_start'])} at start"
+
+
 def markdown(report: dict[str, Any]) -> str:
     def f(x: Any, fmt: str = ".2f") -> str:
         return "-" if x is None else format(x, fmt)
@@ -144,6 +171,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{calls['failed']} {calls['failed_by_outcome'] or ''}",
         f"- memory bound: growth <= {report['max_growth_mib']:g} MiB per replica process "
         f"(warm start = {report['warmup_s']:g} s after a process first served)",
+        f"- admission control: {_admission(report)}",
+        f"- lowest MemAvailable of the node: {f(report.get('mem_available_min_gib'))} GiB; "
+        f"{_replicas_kept(report)}",
         "",
         "| window (min) | requests | errors | p95 latency s | p95 TTFT s |",
         "|---|---|---|---|---|",

@@ -7,7 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.fault_report import call_counts, is_clear_retryable, outcome, problems
+from bench.fault_report import (
+    call_counts,
+    is_clear_retryable,
+    is_overload_refusal,
+    outcome,
+    problems,
+)
 from bench.records import CallRecord, RunResult
 from bench.replicas import Replica, by_deployment, parse_replica_name
 from bench.soak_report import markdown, memory_growth, windows
@@ -182,3 +188,41 @@ def test_soak_markdown_has_a_row_per_window_and_replica():
     assert text.startswith("# Soak run: PASS")
     assert "| 0.0-1.0 | 1 | 0 |" in text and "| 1.0-2.0 | 1 | 0 |" in text
     assert "decode-x" in text
+
+
+OVERLOADED = ('HTTP 503 [overloaded]: {"error": {"message": "the decode engine is overloaded", '
+              '"type": "overloaded", "code": "overloaded"}}')
+
+
+def _pressure_report(calls: list[CallRecord], at_end: list[str] | None = None) -> dict:
+    failed = sum(1 for c in calls if c.error is not None)
+    refused = sum(1 for c in calls if is_overload_refusal(c))
+    return {"memory": {}, "calls": {"sent": len(calls), "failed": failed, "client_timeouts": 0},
+            "admission": {"max_waiting": 2, "max_inflight": None, "refused_overloaded": refused},
+            "replicas": {"at_start": ["a", "b"], "at_end": ["a", "b"] if at_end is None else at_end}}
+
+
+def test_a_pressure_run_passes_when_overload_is_refused_and_nothing_else_fails():
+    calls = [_call(0, 5), _call(0, 1, 503, OVERLOADED), _call(1, 6)]
+    assert is_overload_refusal(calls[1]) and not is_overload_refusal(_call(0, 1, 503, OPENAI_503))
+    assert soak_problems(_pressure_report(calls), max_growth_mib=256) == []
+
+
+def test_a_pressure_run_fails_on_other_errors_no_refusal_or_a_killed_replica():
+    lost = [_call(0, 5), _call(0, 1, 503, OVERLOADED), _call(0, 2, 503, OPENAI_503)]
+    [problem] = soak_problems(_pressure_report(lost), max_growth_mib=256)
+    assert "1 call(s) failed other than by an overload refusal" in problem
+    [problem] = soak_problems(_pressure_report([_call(0, 5)]), max_growth_mib=256)
+    assert "refused nothing" in problem
+    killed = _pressure_report([_call(0, 1, 503, OVERLOADED)], at_end=["a", "c"])
+    [problem] = soak_problems(killed, max_growth_mib=256)
+    assert "killed or replaced" in problem and "'b'" in problem
+
+
+def test_the_driver_keeps_the_openai_error_code_whole():
+    from bench.driver import openai_error_code
+
+    body = '{"error": {"message": "' + "x" * 400 + '", "type": "server_error", "code": "overloaded"}}'
+    assert openai_error_code(body) == "overloaded"  # past the 300 characters the record keeps
+    assert openai_error_code('{"error": {"message": "m"}}') == "-"
+    assert openai_error_code("upstream gone") == "-"
