@@ -43,22 +43,9 @@ def choose_lr(rows: Sequence[Row], arm: str, lrs: Sequence[float], ratio: float)
     return min(lr for acc, lr in scored if acc == best)
 
 
-@dataclass(frozen=True)
-class Accuracy:
-    correct: int
-    n: int
-
-    @property
-    def value(self) -> float:
-        return self.correct / self.n if self.n else float("nan")
-
-    @property
-    def ci95(self) -> tuple[float, float]:
-        return wilson_interval(self.correct, self.n)
-
-
-def accuracy(rows: Sequence[Row]) -> Accuracy:
-    return Accuracy(sum(int(r["correct"]) for r in rows), len(rows))
+def correct_of(rows: Sequence[Row]) -> tuple[int, int]:
+    """(questions right, questions scored)."""
+    return sum(int(r["correct"]) for r in rows), len(rows)
 
 
 @dataclass(frozen=True)
@@ -117,9 +104,10 @@ def study_summary(rows: Sequence[Row], arms: dict[str, tuple[str, list[float]]],
                          ratio=served_ratio(arms[arm][0])) for arm in arms}
     summary: dict[str, Any] = {"chosen_lr": chosen, "arms": {}, "grid": [], "r0": {}}
     for arm, arm_rows in test.items():
-        acc = accuracy(arm_rows)
-        per_seed = {s: accuracy(_select(arm_rows, seed=s)).value for s in seeds}
-        entry = {"test_accuracy": acc.value, "ci95": acc.ci95, "n": acc.n, "per_seed": per_seed}
+        right, n = correct_of(arm_rows)
+        per_seed = {s: mean_accuracy(_select(arm_rows, seed=s)) for s in seeds}
+        entry = {"test_accuracy": mean_accuracy(arm_rows), "ci95": wilson_interval(right, n),
+                 "n": n, "per_seed": per_seed}
         if arm != reference:
             gap = paired_gap(arm_rows, test[reference])
             entry["gap_vs_reference"] = gap.__dict__
