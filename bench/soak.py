@@ -37,12 +37,14 @@ from deployments.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 def soak_app_args(models: str, kv_cache_space_gib: float, request_timeout_s: float = 150,
                   max_waiting: int | None = None, max_inflight: int | None = None,
-                  ) -> dict[str, Any]:
+                  max_num_seqs: int | None = None) -> dict[str, Any]:
     """max_waiting / max_inflight: admission control on every pool / the ingress (a
-    memory-pressure run); None: off, as in the default app."""
+    memory-pressure run); None: off, as in the default app. max_num_seqs: every engine's."""
     from bench.app_models import base_decoder_engine
 
     base, decoder, engine = base_decoder_engine(models, kv_cache_space_gib)
+    if max_num_seqs is not None:
+        engine = {**engine, "max_num_seqs": max_num_seqs}
     pool = {"engine": engine, "max_waiting": max_waiting}
     args = {"base_model": base,
             "prefill_pools": {"shared": {"replicas": 1, **pool}},
@@ -82,7 +84,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     from bench.running_app import APP, running_app
 
     cfg = soak_app_args(args.models, args.kv_cache_space_gib, args.request_timeout_s,
-                        args.max_waiting, args.max_inflight)
+                        args.max_waiting, args.max_inflight, args.max_num_seqs)
     print("[soak] starting the app (3 engines) ...", flush=True)
     with running_app(cfg) as running:
         load = _LoadThread(running.url, soak_workload(args))
@@ -123,6 +125,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         "memory": memory_growth(samples, skip_s=args.warmup_s),
         "memory_samples": samples,
         "admission": {"max_waiting": args.max_waiting, "max_inflight": args.max_inflight,
+                      "max_num_seqs": args.max_num_seqs,
                       "refused_overloaded": overload_refusals(result)},
         "replicas": {"at_start": replicas_at_start, "at_end": replicas_at_end},
         "mem_available_min_gib": min((s["mem_available_gib"] for s in samples
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a call with no answer by then counts as hung")
     p.add_argument("--kv-cache-space-gib", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-num-seqs", type=int, default=None,
+                   help="requests one engine runs at once (default: the engine default)")
     p.add_argument("--max-waiting", type=int, default=None,
                    help="memory-pressure run: admission control on every pool (pool max_waiting)")
     p.add_argument("--max-inflight", type=int, default=None,
