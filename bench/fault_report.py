@@ -48,8 +48,12 @@ def is_overload_refusal(call: CallRecord) -> bool:
     return outcome(call) == "http_503" and "[overloaded]" in (call.error or "")
 
 
-def overload_refusals(result: RunResult) -> int:
-    return sum(1 for c in result.calls if is_overload_refusal(c))
+def overload_refusals(result: RunResult) -> dict[str, int]:
+    """Refusals by who said no: the ingress's in-flight limit or an engine's queue/KV limit
+    (their messages differ: router_service/admission_gate.py, vllm_runtime/admission.py)."""
+    refused = [c for c in result.calls if is_overload_refusal(c)]
+    at_ingress = sum(1 for c in refused if "at this ingress" in (c.error or ""))
+    return {"total": len(refused), "ingress": at_ingress, "engine": len(refused) - at_ingress}
 
 
 def call_counts(result: RunResult) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def problems(report: dict[str, Any], max_growth_mib: float) -> list[str]:
             out.append(f"replica(s) killed or replaced during the run: {gone}")
     admission = report.get("admission") or {}
     if admission.get("max_waiting") is not None or admission.get("max_inflight") is not None:
-        refused = admission["refused_overloaded"]
+        refused = admission["refused_overloaded"]["total"]
         if not refused:
             out.append("admission control refused nothing: the load never reached the limits")
         other = calls["failed"] - refused
@@ -145,8 +145,11 @@ def _admission(report: dict[str, Any]) -> str:
     a = report.get("admission") or {}
     if a.get("max_waiting") is None and a.get("max_inflight") is None:
         return "off"
-    return (f"pool max_waiting {a.get('max_waiting')}, ingress max_inflight "
-            f"{a.get('max_inflight')}: {a['refused_overloaded']} call(s) refused 503 overloaded")
+    refused = a["refused_overloaded"]
+    return (f"engine max_num_seqs {a.get('max_num_seqs')}, pool max_waiting "
+            f"{a.get('max_waiting')}, ingress max_inflight {a.get('max_inflight')}: "
+            f"{refused['total']} call(s) refused 503 overloaded ({refused['ingress']} by the "
+            f"ingress, {refused['engine']} by an engine)")
 
 
 def _replicas_kept(report: dict[str, Any]) -> str:

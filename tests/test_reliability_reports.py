@@ -12,6 +12,7 @@ from bench.fault_report import (
     is_clear_retryable,
     is_overload_refusal,
     outcome,
+    overload_refusals,
     problems,
 )
 from bench.records import CallRecord, RunResult
@@ -196,16 +197,20 @@ OVERLOADED = ('HTTP 503 [overloaded]: {"error": {"message": "the decode engine i
 
 def _pressure_report(calls: list[CallRecord], at_end: list[str] | None = None) -> dict:
     failed = sum(1 for c in calls if c.error is not None)
-    refused = sum(1 for c in calls if is_overload_refusal(c))
+    refused = overload_refusals(RunResult(url="", workload={}, started_at=0.0, calls=calls))
     return {"memory": {}, "calls": {"sent": len(calls), "failed": failed, "client_timeouts": 0},
             "admission": {"max_waiting": 2, "max_inflight": None, "refused_overloaded": refused},
             "replicas": {"at_start": ["a", "b"], "at_end": ["a", "b"] if at_end is None else at_end}}
 
 
 def test_a_pressure_run_passes_when_overload_is_refused_and_nothing_else_fails():
-    calls = [_call(0, 5), _call(0, 1, 503, OVERLOADED), _call(1, 6)]
+    at_ingress = OVERLOADED.replace("the decode engine is overloaded",
+                                    "overloaded (12 requests in flight at this ingress, limit 12)")
+    calls = [_call(0, 5), _call(0, 1, 503, OVERLOADED), _call(1, 6), _call(1, 2, 503, at_ingress)]
     assert is_overload_refusal(calls[1]) and not is_overload_refusal(_call(0, 1, 503, OPENAI_503))
-    assert soak_problems(_pressure_report(calls), max_growth_mib=256) == []
+    report = _pressure_report(calls)
+    assert report["admission"]["refused_overloaded"] == {"total": 2, "ingress": 1, "engine": 1}
+    assert soak_problems(report, max_growth_mib=256) == []
 
 
 def test_a_pressure_run_fails_on_other_errors_no_refusal_or_a_killed_replica():
