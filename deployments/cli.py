@@ -7,7 +7,7 @@
   prefillshare status                 the Serve application's status on a running cluster
   prefillshare deploy   config.yaml   `serve deploy` to a running cluster, wait until RUNNING
   prefillshare roles list|add|remove  change a running app's roles (LoRA adapters), no restart
-  prefillshare train | eval ...       decoder training and evaluation (python -m training)
+  prefillshare train | eval | study   decoder training, evaluation, method comparison
   prefillshare bench run|compare|pd|routing|accuracy|start-cost   load, comparisons, accuracy
   prefillshare render-k8s config.yaml KubeRay manifests (RayService, RayJob) into k8s/
   prefillshare push-dashboard         the Grafana dashboard and its Prometheus data source
@@ -229,6 +229,9 @@ DELEGATED = {
                        ("train",)),
     "eval": Delegated("training.__main__", "score decoders across the KV boundary "
                       "(python -m training eval)", ("eval",)),
+    "study": Delegated("training.__main__", "paired accuracy study of training methods: lr "
+                       "grid, seeds, lr chosen on validation (python -m training study)",
+                       ("study",)),
     "render-k8s": Delegated("deployments.k8s.render",
                             "render the KubeRay manifests (RayService, RayJob) from a config"),
     "push-dashboard": Delegated("observability.grafana_push",
@@ -236,7 +239,8 @@ DELEGATED = {
     "roles": Delegated("deployments.roles_cli",
                        "add, replace or remove a LoRA role on a running app (no restart)"),
     "fault": Delegated("bench.fault_run", "fault run under load: kill replicas, fail KV pulls"),
-    "soak": Delegated("bench.soak", "long moderate load; memory per replica must stay bounded"),
+    "soak": Delegated("bench.soak", "long load; memory per replica must stay bounded (with "
+                      "admission limits: a memory-pressure run)"),
 }
 GROUPS = {
     "bench": {
