@@ -278,17 +278,6 @@ def test_counters_add_up_scheduler_stats():
     assert c.prefix_hit_ratio == pytest.approx(0.4)
 
 
-def test_waiting_counts_the_requests_vllm_set_aside():
-    # A decode engine's request that pulled its KV and waits for a slot is "skipped" in vLLM's
-    # stats, not "waiting": it still waits, and admission control must see it.
-    c = EngineCounters()
-    c.add_scheduler_stats(_step(num_running_reqs=2, num_waiting_reqs=0,
-                                num_skipped_waiting_reqs=1))
-    assert c.waiting == 1
-    c.add_scheduler_stats(_step(num_waiting_reqs=2))  # a vLLM without the field
-    assert c.waiting == 2
-
-
 def test_empty_connector_stats_are_skipped():
     c = EngineCounters()
     c.add_scheduler_stats(_step(kv_connector_stats={}))

@@ -40,12 +40,7 @@ class EngineCounters:
     def add_scheduler_stats(self, stats: Any) -> None:
         self.kv_cache_usage = float(stats.kv_cache_usage)
         self.running = int(stats.num_running_reqs)
-        # vLLM counts a request it set aside ("skipped": its KV pull started or done, a grammar
-        # compiling, no LoRA slot) apart from num_waiting_reqs until it runs. On a decode
-        # engine every request pulls KV first, so a request waiting for a slot is nearly always
-        # a skipped one: both are waiting, for admission control and for routing.
-        self.waiting = int(stats.num_waiting_reqs) + int(
-            getattr(stats, "num_skipped_waiting_reqs", 0) or 0)
+        self.waiting = int(stats.num_waiting_reqs)
         pc = stats.prefix_cache_stats
         if pc is not None and not pc.reset:
             self.prefix_queries += int(pc.queries)
