@@ -195,9 +195,12 @@ def test_overload_is_answered_503_with_retry_after(app):
     url = app["client"].base_url
     refused_before = _decode_stats(app)["refused"]
     with ThreadPoolExecutor(4) as pool:
-        # Three long requests: two run in the decode engine, one waits in its queue (each was
-        # admitted: the engine reports waiting > 0 only after the third is in).
-        wave = [pool.submit(_post_stream, url, 900) for _ in range(3)]
+        # Two long requests fill the engine's two slots; a third, sent once both run, waits in
+        # its queue (each was admitted). Sent together, all three would start their KV pulls
+        # at once, and vLLM counts a request whose pull started apart from num_waiting_reqs.
+        wave = [pool.submit(_post_stream, url, 900) for _ in range(2)]
+        assert wait_for(lambda: _decode_stats(app)["running"] == 2, timeout_s=120)
+        wave.append(pool.submit(_post_stream, url, 900))
         assert wait_for(lambda: _decode_stats(app)["waiting"] > 0, timeout_s=120)
         # The engine is past max_waiting 0: one more is refused there, before any token.
         refused = _post_stream(url, 8)
