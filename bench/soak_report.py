@@ -99,7 +99,7 @@ def problems(report: dict[str, Any], max_growth_mib: float) -> list[str]:
         if gone:
             out.append(f"replica(s) killed or replaced during the run: {gone}")
     admission = report.get("admission") or {}
-    if admission.get("max_waiting") is not None or admission.get("max_inflight") is not None:
+    if _admission_on(admission):
         refused = admission["refused_overloaded"]["total"]
         if not refused:
             out.append("admission control refused nothing: the load never reached the limits")
@@ -141,9 +141,13 @@ def plot(report: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def _admission_on(admission: dict[str, Any]) -> bool:
+    return admission.get("max_waiting") is not None or admission.get("max_inflight") is not None
+
+
 def _admission(report: dict[str, Any]) -> str:
     a = report.get("admission") or {}
-    if a.get("max_waiting") is None and a.get("max_inflight") is None:
+    if not _admission_on(a):
         return "off"
     refused = a["refused_overloaded"]
     return (f"engine max_num_seqs {a.get('max_num_seqs')}, pool max_waiting "

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from training.config import DecoderRef, StudyConfig, TrainConfig, run_name
+from training.config import DecoderRef, StudyConfig, TrainConfig
 from training.data import encode_example_context
 from training.evaluate import eval_device
 from training.generation import greedy_generate
@@ -114,13 +114,14 @@ class StudyScorer:
         plan = [("validation", ratio), ("test", ratio)]
         if arm in self.cfg.also_at_r0 and ratio != 0.0:
             plan.append(("test", 0.0))
-        name = run_name(arm, lr, seed)
+        run_cfg = self.cfg.run_config(arm, lr, seed)
+        name = str(run_cfg.run_name)
         todo = [(split, r) for split, r in plan if (name, split, r) not in self.store.done]
         if not todo:
             return
         kind = "lora" if mode == "prefillshare_lora" else "full"
-        path = self.cfg.run_config(arm, lr, seed).output_dir
-        decoder = load_decoder(DecoderRef(path=path, kind=kind), self.base_path).to(self.device)
+        decoder = load_decoder(DecoderRef(path=run_cfg.output_dir, kind=kind),
+                               self.base_path).to(self.device)
         for split, r in todo:
             self._score(name, {"arm": arm, "lr": lr, "seed": seed}, decoder, split, r)
         del decoder
