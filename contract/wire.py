@@ -87,6 +87,10 @@ class DecodeRequest:
     lora_name: str | None = None
     lora_path: str | None = None  # the adapter's folder: a role added while running is loaded from it
     route: RouteHints = RouteHints()
+    # A continuation after a decode replica died (router_service/migration.py): the prompt is
+    # the original prompt plus the tokens already sent, and only its first
+    # ``prefilled_tokens`` were prefilled. None: the whole prompt was (a first attempt).
+    prefilled_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_server import EngineServer
 from vllm_runtime.kv_pull_probe import EXTENSION as KV_PULL_EXTENSION
 from vllm_runtime.kv_pull_probe import KvPullWatcher
+from vllm_runtime.kv_resume import resumed_kv_params
 
 KV_LOADED = KvLoaded()
 
@@ -113,6 +114,9 @@ class DecodeServer(EngineServer):
                                    code=ErrorCode.ADAPTER_NOT_SERVED, retryable=False)
         self.admit()
         kv_params = self.kv_source(request)
+        if kv_params and request.prefilled_tokens is not None:
+            kv_params = resumed_kv_params(kv_params, request.prefilled_tokens,
+                                          self.engine.spec.options.block_size)
         params = sampling_params(request.sampling, kv_params)
         rid = request.request_id
         self.inflight += 1
@@ -136,6 +140,13 @@ class DecodeServer(EngineServer):
             # the request enters the engine: the client's input, not a replica failure.
             raise ServingError(f"The decode engine refused the request: {exc}", 400,
                                code=ErrorCode.SAMPLING_REFUSED, retryable=False) from None
+        except Exception as exc:
+            if _is_engine_dead(exc):
+                # The engine process died under this replica (OOM killer, a crash): for the
+                # ingress a lost replica, and a stream it had started moves to another one.
+                raise ServingError("the decode engine of this replica died", 503,
+                                   code=ErrorCode.REPLICA_LOST) from None
+            raise
         finally:
             await outputs.aclose()
             self.inflight -= 1
@@ -170,6 +181,12 @@ class DecodeServer(EngineServer):
         """Frees the prefill engine's leased blocks for a request that will never be decoded."""
         await self.engine.engine.notify_kv_transfer_request_rejected(request.request_id,
                                                                     request.kv_transfer_params)
+
+
+def _is_engine_dead(exc: BaseException) -> bool:
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(exc, EngineDeadError)
 
 
 def _checked(delta: GenerationDelta) -> GenerationDelta:

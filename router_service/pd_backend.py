@@ -32,6 +32,7 @@ from contract.wire import (
 )
 from router_service.backend import GenerationRequest
 from router_service.choices import fan_out
+from router_service.migration import continued_sampling, why_not_resumable
 from router_service.role_table import RoleTable
 from routing.block_hashes import prompt_block_hashes
 
@@ -118,30 +119,47 @@ class PrefillShareBackend:
 
     async def _choice(self, role: ServedRole, request: GenerationRequest, deadline: float,
                       prefilled: asyncio.Event | None = None) -> AsyncIterator[GenerationDelta]:
-        """One decode sequence, retried on another replica while nothing reached the client."""
+        """One decode sequence. While nothing reached the client, a lost replica or a failed KV
+        pull means trying again on another replica; after tokens did, a lost decode replica
+        means continuing the stream on another one from the tokens sent (migration.py)."""
+        sent: list[int] = []  # token ids that reached our consumer, in order
         for attempt in range(self.max_retries + 1):
             rid = request.request_id if attempt == 0 else f"{request.request_id}-r{attempt}"
-            streamed = False
+            finished = False
             try:
                 # aclosing: when our consumer closes us early, the attempt (and its decode
                 # stream) closes now, not whenever the event loop finalizes the generator.
-                async with contextlib.aclosing(
-                        self._attempt(role, request, rid, deadline, prefilled)) as it:
+                async with contextlib.aclosing(self._attempt(
+                        role, request, rid, deadline, prefilled, tuple(sent))) as it:
                     async for delta in it:
-                        streamed = True
+                        sent.extend(delta.token_ids)
+                        finished = delta.finish_reason is not None
                         yield delta
                 return
             except ReplicaGone as exc:
-                # Once tokens reached the client a retry would repeat them: fail instead.
-                if streamed or attempt == self.max_retries:
-                    raise ServingError(f"serving replica lost: {exc}; retry the request", 503,
-                                       code=ErrorCode.REPLICA_LOST) from exc
-                self._count_retry("replica_lost", rid, exc, attempt)
+                lost: BaseException = exc
             except ServingError as exc:
-                # A failed KV pull (policy "fail") left no token behind: prefill again.
-                if exc.code != ErrorCode.KV_PULL_FAILED or streamed or attempt == self.max_retries:
+                if exc.code == ErrorCode.KV_PULL_FAILED and not sent and attempt < self.max_retries:
+                    # A failed KV pull (policy "fail") left no token behind: prefill again.
+                    self._count_retry(ErrorCode.KV_PULL_FAILED, rid, exc, attempt)
+                    continue
+                if exc.code != ErrorCode.REPLICA_LOST:
                     raise
-                self._count_retry(ErrorCode.KV_PULL_FAILED, rid, exc, attempt)
+                lost = exc
+            if finished:  # the replica went after the last token: the stream is whole
+                return
+            if attempt == self.max_retries:
+                raise ServingError(f"serving replica lost: {lost} (on each of {attempt + 1} "
+                                   "tries); retry the request", 503,
+                                   code=ErrorCode.REPLICA_LOST) from lost
+            if sent:
+                why = why_not_resumable(request.sampling)
+                if why is not None:
+                    raise ServingError(
+                        f"serving replica lost: {lost}, after {len(sent)} tokens were sent, and "
+                        f"this request cannot continue on another one: {why}; retry the "
+                        "request", 503, code=ErrorCode.REPLICA_LOST) from lost
+            self._count_retry("migrated" if sent else "replica_lost", rid, lost, attempt)
 
     def _count_retry(self, reason: str, rid: str, exc: BaseException, attempt: int) -> None:
         self.retries += 1
@@ -150,7 +168,9 @@ class PrefillShareBackend:
 
     async def _attempt(self, role: ServedRole, request: GenerationRequest, rid: str,
                        deadline: float, prefilled: asyncio.Event | None = None,
-                       ) -> AsyncIterator[GenerationDelta]:
+                       sent: tuple[int, ...] = ()) -> AsyncIterator[GenerationDelta]:
+        """Prefill, then decode. ``sent``: a continuation, whose decode gets the prompt plus
+        the tokens already sent and computes their KV itself."""
         t0 = time.perf_counter()
         prompt = tuple(request.prompt_token_ids)
         prefill_pool = self.prefill[role.prefill_deployment]
@@ -166,9 +186,11 @@ class PrefillShareBackend:
         if prefilled is not None:
             prefilled.set()
         params = prefill.kv_transfer_params
+        sampling = continued_sampling(request.sampling, len(sent)) if sent else request.sampling
         decode_request = DecodeRequest(
-            rid, prompt, request.sampling, params, role.lora_name, role.lora_path,
-            _route(request, prompt, decode_pool, role.decode_deployment))
+            rid, prompt + sent, sampling, params, role.lora_name, role.lora_path,
+            _route(request, prompt, decode_pool, role.decode_deployment),
+            prefilled_tokens=len(prompt) if sent else None)
         stream = decode_pool.client.generate(decode_request).__aiter__()
         first = True
         clock.enter("kv_pull")

@@ -71,7 +71,8 @@ class FakeDecode:
         request_id = request.request_id
         self.calls.append({"rid": request_id, "prompt": list(request.prompt_token_ids),
                            "sampling": request.sampling, "params": request.kv_transfer_params,
-                           "lora": request.lora_name, "session": request.route.session_id})
+                           "lora": request.lora_name, "session": request.route.session_id,
+                           "prefilled": request.prefilled_tokens})
         script = self.scripts.pop(0) if self.scripts else _tokens(3)
         try:
             for step in script:
@@ -127,7 +128,7 @@ async def test_happy_path_streams_deltas_with_stats_on_the_last():
     [call] = decode.calls
     assert call == {"rid": "req", "prompt": [5, 6, 7], "sampling": SAMPLING,
                     "params": {"remote_request_id": "req"}, "lora": "coder-lora",
-                    "session": "s1"}
+                    "session": "s1", "prefilled": None}
     assert decode.closed == ["req"]
     assert decode.released == []  # tokens flowed: decode owns the blocks
 
@@ -156,20 +157,83 @@ async def test_replica_lost_in_decode_before_a_token_releases_then_retries():
     assert backend.retries == 1
 
 
-async def test_replica_lost_after_tokens_streamed_is_not_retried():
+def _ids(start: int, n: int, finish: str = "length") -> list[GenerationDelta]:
+    """Deltas of one token each, ids start..start+n-1, the last one finishing."""
+    return [GenerationDelta(text=f"t{i}", token_ids=(i,),
+                            finish_reason=finish if i == start + n - 1 else None)
+            for i in range(start, start + n)]
+
+
+async def test_decode_replica_lost_mid_stream_continues_on_another_from_the_sent_tokens():
+    sampling = SamplingSpec(max_tokens=5, min_tokens=4, temperature=0.0, seed=7)
     prefill = FakePrefill()
-    decode = FakeDecode([[*_tokens(2, finish="length")[:1], ReplicaGone("gone mid-stream")]])
+    decode = FakeDecode([[*_ids(0, 5)[:2], ReplicaGone("gone mid-stream")], _ids(2, 3)])
+    backend = _backend(prefill, decode)
+    request = GenerationRequest("req", "coder", (5, 6, 7), sampling, session_id="s1")
+    deltas = await _collect(backend, request)
+
+    assert [d.token_ids for d in deltas] == [(0,), (1,), (2,), (3,), (4,)]  # none twice, none lost
+    assert deltas[-1].finish_reason == "length"
+    # The prompt is prefilled again as it was; the new decode gets it plus the sent tokens,
+    # says which part was prefilled, and generates only what is left.
+    assert [c[1] for c in prefill.calls] == [[5, 6, 7], [5, 6, 7]]
+    first, second = decode.calls
+    assert first["prefilled"] is None and first["sampling"] == sampling
+    assert second["rid"] == "req-r1" and second["prompt"] == [5, 6, 7, 0, 1]
+    assert second["prefilled"] == 3 and second["params"] == {"remote_request_id": "req-r1"}
+    assert (second["sampling"].max_tokens, second["sampling"].min_tokens) == (3, 2)
+    assert backend.retries_by_reason == {"migrated": 1}
+    assert decode.released == []
+
+
+async def test_a_dead_decode_engine_mid_stream_is_a_lost_replica_too():
+    prefill = FakePrefill()
+    dead = ServingError("the decode engine of this replica died", 503,
+                        code=ErrorCode.REPLICA_LOST)
+    decode = FakeDecode([[*_ids(0, 3)[:1], dead], _ids(1, 2)])
+    deltas = await _collect(_backend(prefill, decode), _request())
+    assert [d.token_ids for d in deltas] == [(0,), (1,), (2,)]
+
+
+@pytest.mark.parametrize("sampling, why", [
+    (SamplingSpec(max_tokens=3, temperature=0.8, seed=1), "random state"),
+    (SamplingSpec(max_tokens=3, frequency_penalty=0.5), "penalties"),
+])
+async def test_a_stream_that_cannot_continue_exactly_ends_with_an_error_saying_why(sampling, why):
+    prefill = FakePrefill()
+    decode = FakeDecode([[*_ids(0, 2)[:1], ReplicaGone("gone mid-stream")]])
     backend = _backend(prefill, decode)
     got: list[GenerationDelta] = []
     with pytest.raises(ServingError) as info:
-        await _collect(backend, _request(), got)
+        await _collect(backend, GenerationRequest("req", "coder", (5, 6, 7), sampling), got)
 
-    assert info.value.status_code == 503
-    assert "gone mid-stream" in str(info.value)
+    assert info.value.status_code == 503 and info.value.code == "replica_lost"
+    assert "gone mid-stream" in str(info.value) and why in str(info.value)
     assert [d.text for d in got] == ["t0"]  # no token repeated by a retry
     assert len(prefill.calls) == 1 and len(decode.calls) == 1
     assert backend.retries == 0
-    assert decode.released == []
+
+
+async def test_migrations_are_bounded_by_max_retries():
+    prefill = FakePrefill()
+    decode = FakeDecode([[*_ids(0, 9)[:1], ReplicaGone("a")], [*_ids(1, 8)[:1], ReplicaGone("b")],
+                         [*_ids(2, 7)[:1], ReplicaGone("c")]])
+    backend = _backend(prefill, decode, max_retries=2)
+    got: list[GenerationDelta] = []
+    with pytest.raises(ServingError) as info:
+        await _collect(backend, GenerationRequest("req", "coder", (5,), SamplingSpec(9)), got)
+    assert "serving replica lost: c (on each of 3 tries)" in str(info.value)
+    assert [d.token_ids for d in got] == [(0,), (1,), (2,)]
+    assert backend.retries_by_reason == {"migrated": 2}
+
+
+async def test_a_replica_lost_after_the_last_token_ends_the_stream_normally():
+    prefill = FakePrefill()
+    decode = FakeDecode([[*_ids(0, 2), ReplicaGone("gone after the end")]])
+    backend = _backend(prefill, decode)
+    deltas = await _collect(backend, _request())
+    assert [d.token_ids for d in deltas] == [(0,), (1,)]
+    assert len(decode.calls) == 1 and backend.retries == 0
 
 
 async def test_retries_exhausted():

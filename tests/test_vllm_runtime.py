@@ -113,6 +113,7 @@ def test_producer_kwargs_on_cpu():
     kw = engine_kwargs(spec, on_cpu=True)
     assert kw["kv_transfer_config"] == {
         "kv_connector": "NixlConnector",
+        "kv_connector_module_path": "vllm_runtime.nixl_connector",
         "kv_role": "kv_both",
         "engine_id": "prefill-shared",
         "kv_buffer_device": "cpu",

@@ -11,6 +11,10 @@ from contract.config import EngineOptions
 
 KvSide = Literal["producer", "consumer"]
 
+# vLLM's NixlConnector with resumable decode requests (vllm_runtime/nixl_connector.py); a
+# string, so building the engine args never imports vLLM.
+CONNECTOR_MODULE = "vllm_runtime.nixl_connector"
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -58,6 +62,7 @@ def engine_kwargs(spec: EngineSpec, *, on_cpu: bool) -> dict[str, Any]:
         extra_config["enforce_handshake_compat"] = False
     kv_transfer = {
         "kv_connector": "NixlConnector",
+        "kv_connector_module_path": CONNECTOR_MODULE,
         # kv_both on both sides, as vLLM's own P/D examples do; the request's
         # kv_transfer_params decide who produces and who consumes.
         "kv_role": "kv_both",
