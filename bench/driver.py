@@ -211,6 +211,8 @@ class _Run:
         body = {"model": step.role, "messages": messages,
                 "max_tokens": self.workload.output_tokens, "temperature": 0,
                 "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+        if self.workload.count_streamed_tokens:
+            body["logprobs"] = True  # one logprobs entry per token: the tokens can be counted
         self.calls_sent += 1
         start = self.now()
         out = _StreamOutcome()
@@ -250,6 +252,9 @@ class _Run:
                     out.error = f"stream error: {chunk['error'].get('message', chunk['error'])}"
                     return
                 for choice in chunk.get("choices") or ():
+                    counted = (choice.get("logprobs") or {}).get("content")
+                    if counted:
+                        out.streamed_tokens += len(counted)
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
                         if out.ttft_s is None:
@@ -268,7 +273,8 @@ class _Run:
             start_s=start, end_s=self.now(), ttft_s=out.ttft_s,
             prompt_tokens=usage.get("prompt_tokens"),
             completion_tokens=usage.get("completion_tokens"),
-            cached_tokens=details.get("cached_tokens"), status=out.status, error=out.error))
+            cached_tokens=details.get("cached_tokens"), status=out.status, error=out.error,
+            streamed_tokens=out.streamed_tokens if self.workload.count_streamed_tokens else None))
 
     async def _sample_stats(self) -> None:
         while True:
@@ -314,5 +320,6 @@ class _StreamOutcome:
         self.status: int | None = None
         self.ttft_s: float | None = None
         self.text: list[str] = []
+        self.streamed_tokens = 0
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None

@@ -4,8 +4,8 @@ records (bench/records.py) and what bench/fault_run.py observed of the replicas.
 Every call ends as one outcome:
 - ``completed``: the whole stream arrived (possibly after the ingress retried);
 - ``http_503`` / ``http_504`` ...: refused before the first token, with an OpenAI error body;
-- ``stream_error``: failed after tokens were sent (a decode replica died mid-stream; a retry
-  would repeat tokens, so the ingress does not retry), reported as an OpenAI error event;
+- ``stream_error``: failed after tokens were sent, reported as an OpenAI error event (a decode
+  replica that dies mid-stream is migrated: this is what is left when that cannot be done);
 - ``client_timeout``: no answer within the client's timeout: a HANG, never acceptable;
 - ``transport_error``: the connection broke without an answer (e.g. the proxy died).
 """
@@ -66,9 +66,20 @@ def call_counts(result: RunResult) -> dict[str, Any]:
             examples[kind] = (c.error or "")[:300]
     return {"sent": len(result.calls), "completed": kinds.get("completed", 0),
             "failed": sum(failed.values()), "failed_by_outcome": failed,
+            "token_count_mismatches": token_count_mismatches(result),
             "failed_not_clearly_retryable": sum(
                 1 for c in result.calls if c.error is not None and not is_clear_retryable(c)),
             "error_examples": examples}
+
+
+def token_count_mismatches(result: RunResult) -> int | None:
+    """Completed calls whose stream did not carry exactly the tokens asked for (ignore_eos
+    fixes the count): a token sent twice or lost, e.g. by a migration. None: not counted."""
+    counted = [c for c in result.calls if c.ok and c.streamed_tokens is not None]
+    if not counted:
+        return None
+    want = int(result.workload["output_tokens"])
+    return sum(1 for c in counted if not c.streamed_tokens == c.completion_tokens == want)
 
 
 def problems(report: dict[str, Any]) -> list[str]:
@@ -82,6 +93,12 @@ def problems(report: dict[str, Any]) -> list[str]:
     hung = calls["failed_by_outcome"].get("client_timeout", 0)
     if hung:
         out.append(f"{hung} call(s) hung until the client timeout")
+    if calls["failed"]:
+        out.append(f"{calls['failed']} call(s) failed where the client sees it: "
+                   f"{calls['error_examples']}")
+    if calls.get("token_count_mismatches"):
+        out.append(f"{calls['token_count_mismatches']} completed call(s) streamed more or fewer "
+                   "tokens than asked for (a token sent twice or lost)")
     if calls["failed_not_clearly_retryable"]:
         out.append(f"{calls['failed_not_clearly_retryable']} failed call(s) without a clear "
                    f"retryable error: {calls['error_examples']}")
@@ -105,6 +122,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"fault run: {'PASS' if not report['problems'] else 'FAIL'}",
         f"  calls: sent {calls['sent']}, completed {calls['completed']}, "
         f"failed {calls['failed']} {calls['failed_by_outcome'] or ''}".rstrip(),
+        f"  completed calls whose token count is off (sent twice or lost): "
+        f"{calls.get('token_count_mismatches', 'not counted')}",
         f"  ingress retries: {report['retries']} {report['retries_by_reason'] or ''}".rstrip(),
         f"  KV pulls failed at decode engines (handshake/transfer): "
         f"{report['kv_pull_failures_seen']}; prefill leases expired: "

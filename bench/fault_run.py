@@ -12,9 +12,12 @@ process, on a schedule from the start of the load:
   1. arms KV pull failures on one replica of each decode pool (the next pulls go to an address
      where no prefill engine listens, so vLLM's own failure path runs);
   2. kills one prefill replica (Ray actor kill; in-flight prefills and pulls from it fail);
-  3. kills one planner decode replica (in-flight streams on it fail).
-Then it waits for Serve to replace both, for the KV leases to run out, and asks every engine
-replica whether it holds any KV block. Writes fault_run.json and prints a summary.
+  3. kills a busy planner decode replica ``--decode-kills`` times, each after Serve replaced
+     the one before (its streams continue on the other replica: mid-stream migration).
+Every call streams with logprobs, so the run counts the tokens of each stream: none may be sent
+twice or lost. Then it waits for Serve to replace the dead replicas, for the KV leases to run
+out, and asks every engine replica whether it holds any KV block. Writes fault_run.json and
+prints a summary. Every call must complete: the faults are the serving path's to absorb.
 Exit codes: 0 every check passed, 1 a check failed, 2 bad usage.
 """
 
@@ -62,7 +65,8 @@ def fault_workload(args: argparse.Namespace) -> Workload:
                     output_tokens=args.output_tokens, observation_tokens=(30, 80),
                     arrival_rate=args.rate, max_concurrent_sessions=args.concurrency,
                     num_sessions=None, duration_s=args.load_s, max_run_s=args.load_s + 300,
-                    request_timeout_s=args.client_timeout_s, seed=args.seed)
+                    request_timeout_s=args.client_timeout_s, seed=args.seed,
+                    count_streamed_tokens=True)
 
 
 class _LoadThread(threading.Thread):
@@ -101,24 +105,30 @@ def _sleep_until(t0: float, at_s: float, load: _LoadThread) -> None:
         time.sleep(0.5)
 
 
-def _kill_when_busy(running: Any, replica: Any, wait_s: float = 15) -> dict[str, Any]:
-    """Kill the replica while it serves a request (its in-flight count > 0), or after
-    ``wait_s`` regardless: a kill between requests would test nothing in flight."""
+def _kill_when_busy(running: Any, candidates: list[Any], killed: list[Any],
+                    wait_s: float = 15) -> dict[str, Any]:
+    """Kill the first of ``candidates`` seen serving a request (in-flight count > 0), or the
+    first after ``wait_s`` regardless: a kill between requests would test nothing in flight.
+    Appends the one killed to ``killed``."""
     from bench.replicas import kill, probe
 
     deadline = time.monotonic() + wait_s
-    inflight = 0
-    while time.monotonic() < deadline:
-        try:
-            inflight = int(probe(running.handle(replica.deployment), "stats", replica.replica_id,
-                                 timeout_s=5)["inflight"])
-        except Exception:
-            inflight = 0
-        if inflight > 0:
-            break
-        time.sleep(0.05)
-    kill(replica)
-    return {"inflight_at_kill": inflight}
+    victim, inflight = candidates[0], 0
+    while time.monotonic() < deadline and inflight == 0:
+        for replica in candidates:
+            try:
+                inflight = int(probe(running.handle(replica.deployment), "stats",
+                                     replica.replica_id, timeout_s=5)["inflight"])
+            except Exception:
+                inflight = 0
+            if inflight > 0:
+                victim = replica
+                break
+        else:
+            time.sleep(0.05)
+    kill(victim)
+    killed.append(victim)
+    return {"replica": victim.actor_name, "inflight_at_kill": inflight}
 
 
 def _engine_totals(running: Any, replicas: list[Any]) -> dict[str, dict[str, Any]]:
@@ -164,13 +174,20 @@ def run_faults(args: argparse.Namespace) -> tuple[dict[str, Any], RunResult]:
                    lambda p=pool, r=replica, k=n: running.handle(p).fail_next_kv_pulls.remote(
                        k, ReplicaProbe.of(r.replica_id)).result(timeout_s=30))
         _sleep_until(t0, args.warmup_s + args.fault_gap_s, load)
-        _apply(faults, t0, "kill_prefill_replica", prefill[-1].actor_name,
-               lambda: _kill_when_busy(running, prefill[-1]))
-        killed.append(prefill[-1])
-        _sleep_until(t0, args.warmup_s + 2 * args.fault_gap_s, load)
-        _apply(faults, t0, "kill_decode_replica", planner[-1].actor_name,
-               lambda: _kill_when_busy(running, planner[-1]))
-        killed.append(planner[-1])
+        _apply(faults, t0, "kill_prefill_replica", PREFILL,
+               lambda: _kill_when_busy(running, prefill[-1:], killed))
+        for k in range(args.decode_kills):
+            _sleep_until(t0, args.warmup_s + (2 + k) * args.fault_gap_s, load)
+            if k > 0:  # one planner replica always serves: the last one killed is back first
+                rep.wait_replaced(APP, layout, killed, timeout_s=args.recovery_timeout_s,
+                                  healthy=lambda: rep.serve_app_running(APP))
+            if not load.is_alive():
+                faults.append({"t_s": time.monotonic() - t0, "kind": "kill_decode_replica",
+                               "error": "the load ended first: raise --load-s"})
+                break
+            planner = [r for r in rep.live_replicas(APP) if r.deployment == "decode-planner"]
+            _apply(faults, t0, "kill_decode_replica", "decode-planner",
+                   lambda p=planner: _kill_when_busy(running, p, killed))
 
         load.join()
         if load.error is not None or load.result is None:
@@ -228,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", choices=["tiny", "smollm2"], default="tiny",
                    help="tiny random models (fast) or SmolLM2-135M for every engine")
     p.add_argument("--out", default="runs/fault", help="folder for fault_run.json and calls.json")
-    p.add_argument("--load-s", type=float, default=150, help="sessions start during this long")
+    p.add_argument("--load-s", type=float, default=240, help="sessions start during this long")
     p.add_argument("--rate", type=float, default=0.5, help="session arrivals per second")
     p.add_argument("--concurrency", type=int, default=4, help="sessions at once")
     p.add_argument("--turns", type=int, default=3)
@@ -238,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-gap-s", type=float, default=25, help="between faults")
     p.add_argument("--kv-failures", type=int, default=2,
                    help="KV pulls made to fail on one planner replica (critic: 1)")
+    p.add_argument("--decode-kills", type=int, default=3,
+                   help="planner decode replicas killed mid-stream, one after another")
     p.add_argument("--max-retries", type=int, default=2, help="routing.max_retries")
     p.add_argument("--stage-timeout-s", type=float, default=60,
                    help="timeouts.prefill_s, kv_pull_s and first_token_s")

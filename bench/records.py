@@ -26,6 +26,7 @@ class CallRecord:
     cached_tokens: int | None  # usage.prompt_tokens_details.cached_tokens
     status: int | None  # HTTP status; None when no response came
     error: str | None = None
+    streamed_tokens: int | None = None  # tokens the stream carried (count_streamed_tokens)
 
     @property
     def ok(self) -> bool:

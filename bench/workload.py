@@ -78,6 +78,10 @@ class Workload(BaseModel):
     max_run_s: float = Field(
         900.0, gt=0, description="Hard limit: whatever still runs then is cancelled.")
     request_timeout_s: float = Field(120.0, gt=0, description="Per call, whole stream.")
+    count_streamed_tokens: bool = Field(
+        False, description="Ask for logprobs and count every token streamed (the fault run "
+                           "checks none was sent twice or lost); off in benchmarks, where "
+                           "computing logprobs would cost decode time.")
     seed: int = 0
 
     @model_validator(mode="after")

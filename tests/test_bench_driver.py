@@ -92,6 +92,16 @@ def test_drive_against_fake_api(server_url: str, pattern: str) -> None:
     assert again == summary
 
 
+def test_the_driver_counts_streamed_tokens_only_when_asked(server_url: str) -> None:
+    counted = smoke_workload("react").model_copy(update={"count_streamed_tokens": True})
+    result = asyncio.run(drive(server_url, counted, progress=None))
+    assert result.calls and all(c.ok for c in result.calls)
+    # One logprobs entry per token streamed: as many as usage says, as many as asked for.
+    assert {c.streamed_tokens for c in result.calls} == {counted.output_tokens}
+    plain = asyncio.run(drive(server_url, smoke_workload("react"), progress=None))
+    assert {c.streamed_tokens for c in plain.calls} == {None}
+
+
 def test_smoke_cli(server_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "smoke.json"
     code = main(["smoke", "--url", server_url, "--block-size", str(BLOCK), "--out", str(out)])

@@ -24,10 +24,10 @@ from routing.serve_router import route_hints_of
 
 
 def _call(start: float, end: float, status: int | None = 200, error: str | None = None,
-          ttft: float | None = 0.1) -> CallRecord:
+          ttft: float | None = 0.1, streamed: int | None = None) -> CallRecord:
     return CallRecord(session="s", turn=0, step=0, role="planner", kind="agent", start_s=start,
                       end_s=end, ttft_s=ttft, prompt_tokens=10, completion_tokens=4,
-                      cached_tokens=0, status=status, error=error)
+                      cached_tokens=0, status=status, error=error, streamed_tokens=streamed)
 
 
 OPENAI_503 = 'HTTP 503: {"error": {"message": "serving replica lost: x; retry the request"}}'
@@ -52,7 +52,7 @@ def test_outcomes_and_which_failures_are_clear_retryable_errors():
 
 
 def _report(calls: list[CallRecord], **overrides) -> dict:
-    result = RunResult(url="u", workload={}, started_at=0.0, calls=calls)
+    result = RunResult(url="u", workload={"output_tokens": 4}, started_at=0.0, calls=calls)
     report = {"calls": call_counts(result), "blocks_free_after": {"prefill-shared#a": True},
               "replacement": {"ok": True, "seconds": 5.0, "new_replicas": ["x"]},
               "after_faults_ok": {"planner": True}, "faults": [{"kind": "kill", "t_s": 1.0}]}
@@ -61,11 +61,30 @@ def _report(calls: list[CallRecord], **overrides) -> dict:
 
 
 def test_a_clean_fault_run_has_no_problems_and_counts_add_up():
-    report = _report([_call(0, 1), _call(0, 2, 503, OPENAI_503), _call(1, 2)])
-    assert report["calls"]["sent"] == 3
-    assert report["calls"]["completed"] == 2
-    assert report["calls"]["failed_by_outcome"] == {"http_503": 1}
+    report = _report([_call(0, 1, streamed=4), _call(1, 2, streamed=4)])
+    assert report["calls"]["sent"] == 2 and report["calls"]["completed"] == 2
+    assert report["calls"]["token_count_mismatches"] == 0
     assert problems(report) == []
+
+
+def test_any_error_the_client_sees_is_a_problem_even_a_clear_retryable_one():
+    report = _report([_call(0, 1), _call(0, 2, 503, OPENAI_503)])
+    assert report["calls"]["failed_by_outcome"] == {"http_503": 1}
+    [problem] = problems(report)
+    assert "1 call(s) failed where the client sees it" in problem
+
+
+@pytest.mark.parametrize("streamed", [3, 5, 8])  # a lost token, a repeated one, a repeated run
+def test_a_completed_stream_with_a_token_too_many_or_too_few_is_a_problem(streamed):
+    report = _report([_call(0, 1, streamed=4), _call(1, 2, streamed=streamed)])
+    assert report["calls"]["token_count_mismatches"] == 1
+    [problem] = problems(report)
+    assert "sent twice or lost" in problem
+
+
+def test_token_counts_are_not_judged_when_the_run_did_not_count_them():
+    report = _report([_call(0, 1)])
+    assert report["calls"]["token_count_mismatches"] is None and problems(report) == []
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -84,6 +103,7 @@ def test_a_hung_call_and_an_unclear_error_are_problems():
                               _call(0, 1, 500, 'HTTP 500: {"error": {}}')]))
     assert any("hung" in p for p in found)
     assert any("without a clear retryable error" in p for p in found)
+    assert any("2 call(s) failed where the client sees it" in p for p in found)
 
 
 def test_replica_names():

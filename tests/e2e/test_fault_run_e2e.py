@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_fault_run_short(tmp_path):
     from bench.fault_run import main
 
-    rc = main(["--out", str(tmp_path), "--load-s", "40", "--warmup-s", "8",
+    rc = main(["--out", str(tmp_path), "--load-s", "40", "--warmup-s", "8", "--decode-kills", "1",
                "--fault-gap-s", "10", "--rate", "0.5", "--concurrency", "3", "--turns", "2"])
     report = json.loads((tmp_path / "fault_run.json").read_text())
     assert rc == 0, report["problems"]
