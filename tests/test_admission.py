@@ -13,7 +13,7 @@ from contract.config import AppConfig
 from contract.wire import ErrorCode
 from router_service.admission_gate import AdmissionGate
 from tests.api_fixtures import assert_openai_error, chat_body, http_client, make_app
-from vllm_runtime.admission import AdmissionLimits
+from vllm_runtime.admission import AdmissionLimits, waiting_requests
 
 
 def test_engine_limits_refuse_past_the_queue_or_kv_bound():
@@ -25,6 +25,17 @@ def test_engine_limits_refuse_past_the_queue_or_kv_bound():
     kv = limits.refusal(waiting=0, kv_usage=0.95)
     assert kv is not None and "KV cache 95% full (limit 90%)" in kv.message
     assert AdmissionLimits().refusal(waiting=10_000, kv_usage=1.0) is None  # no limits: off
+
+
+@pytest.mark.parametrize("inflight, slots, engine_waiting, waiting", [
+    (3, 2, 0, 1),  # three decode requests pulling KV at once: vLLM counts none as waiting
+    (2, 2, 0, 0),  # every one has a slot
+    (1, 2, 0, 0),
+    (3, 2, 4, 4),  # vLLM's count is larger (the last step saw more): it stands
+])
+def test_requests_beyond_the_engines_slots_wait_whatever_vllm_calls_them(
+        inflight, slots, engine_waiting, waiting):
+    assert waiting_requests(inflight, slots, engine_waiting) == waiting
 
 
 def test_pool_limits_reach_the_engines_plan():

@@ -2,11 +2,11 @@
 Retry-After the client can act on, instead of queueing until Ray's memory monitor or the kernel
 kills the replica (what a soak run once met: 9 calls 504 after replicas were killed).
 
-Two signals the engine already reports every step (EngineCounters): requests WAITING for a
-slot (the queue that grows without bound under overload; each holds its prompt, and on the
-decode side its pulled KV) and the fraction of KV blocks in use. A refused request carried no
-token to the client, so the ingress retries it on another replica of the pool first
-(pd_backend: code ``overloaded``), and only answers 503 when all it tried were full.
+Two signals: requests WAITING for a slot (the queue that grows without bound under overload;
+each holds its prompt, and on the decode side its pulled KV; see ``waiting_requests``) and the
+fraction of KV blocks in use (EngineCounters, from the engine's last step). A refusal comes
+before any token; the ingress passes it to the client as is (code ``overloaded``): another
+retry would spend one more prefill on an overloaded app (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -14,6 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.wire import ErrorCode, ServingError
+
+
+def waiting_requests(inflight: int, slots: int, engine_waiting: int) -> int:
+    """Requests at an engine that wait for one of its ``slots`` (max_num_seqs).
+
+    vLLM's own count (``num_waiting_reqs``, last step) leaves out a decode request whose KV
+    pull has started (vLLM sets it aside as "skipped" until it runs), so requests that arrive
+    together all start their pulls and none counts. What the replica holds beyond the slots
+    must wait, whatever vLLM calls it, and the replica's in-flight count is exact now, not as
+    of the last step."""
+    return max(engine_waiting, inflight - slots)
 
 
 @dataclass(frozen=True)

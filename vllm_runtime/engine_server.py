@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from contract.wire import ReplicaProbe
-from vllm_runtime.admission import AdmissionLimits
+from vllm_runtime.admission import AdmissionLimits, waiting_requests
 from vllm_runtime.engine_args import EngineSpec
 from vllm_runtime.engine_host import EngineHost
 from vllm_runtime.engine_metrics import EngineMetrics
@@ -37,7 +37,8 @@ class EngineServer:
         """Raises the 503 of admission control (vllm_runtime/admission.py) when this engine
         is past its pool's limits; called before a request enters the engine."""
         c = self.engine.counters
-        refusal = self.admission.refusal(c.waiting, c.kv_cache_usage)
+        waiting = waiting_requests(self.inflight, self.engine.spec.options.max_num_seqs, c.waiting)
+        refusal = self.admission.refusal(waiting, c.kv_cache_usage)
         if refusal is not None:
             self.refused += 1
             raise refusal

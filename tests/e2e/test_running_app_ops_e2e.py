@@ -195,13 +195,11 @@ def test_overload_is_answered_503_with_retry_after(app):
     url = app["client"].base_url
     refused_before = _decode_stats(app)["refused"]
     with ThreadPoolExecutor(4) as pool:
-        # Two long requests fill the engine's two slots; a third, sent once both run, waits in
-        # its queue (each was admitted). Sent together, all three would start their KV pulls
-        # at once, and vLLM counts a request whose pull started apart from num_waiting_reqs.
-        wave = [pool.submit(_post_stream, url, 900) for _ in range(2)]
-        assert wait_for(lambda: _decode_stats(app)["running"] == 2, timeout_s=120)
-        wave.append(pool.submit(_post_stream, url, 900))
-        assert wait_for(lambda: _decode_stats(app)["waiting"] > 0, timeout_s=120)
+        # Three long requests sent together: two take the engine's two slots, the third
+        # waits (each was admitted). All three start their KV pulls at once and vLLM counts
+        # none of them in num_waiting_reqs: the replica counts what it holds beyond its slots.
+        wave = [pool.submit(_post_stream, url, 900) for _ in range(3)]
+        assert wait_for(lambda: _decode_stats(app)["inflight"] == 3, timeout_s=120)
         # The engine is past max_waiting 0: one more is refused there, before any token.
         refused = _post_stream(url, 8)
         assert refused.status_code == 503, refused.text
