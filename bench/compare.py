@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.driver import drive
 from bench.metrics import summarize
+from bench.repeats import summarize_repeats, with_spread
 from bench.topologies import app_args
 from bench.workload import Workload
 
@@ -30,11 +31,12 @@ def engine_count(args: dict[str, Any]) -> dict[str, int]:
 
 
 def run_topology(name: str, args: dict[str, Any], loads: list[tuple[float, int]],
-                 base: Workload, block_size: int, *,
+                 base: Workload, block_size: int, *, repeats: int = 1,
                  extra: dict[str, Any] | None = None,
                  on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Starts the app once, drives every load point against it; ``on_row`` gets each
-    point's row as soon as it is measured (a long sweep loses nothing if it dies later)."""
+    """Starts the app once, drives every load point ``repeats`` times against it (repeat i
+    with seed base.seed + i: every topology gets the same arrivals per repeat); ``on_row``
+    gets each row as soon as it is measured (a long sweep loses nothing if it dies later)."""
     from bench.running_app import running_app
 
     out = []
@@ -44,16 +46,19 @@ def run_topology(name: str, args: dict[str, Any], loads: list[tuple[float, int]]
         up_s = time.perf_counter() - t0
         print(f"[compare] {name}: up in {up_s:.0f}s", file=sys.stderr, flush=True)
         for rate, conc in loads:
-            wl = base.model_copy(update={"arrival_rate": rate, "max_concurrent_sessions": conc})
-            print(f"[compare] {name}: rate {rate}/s, max {conc} sessions", file=sys.stderr, flush=True)
-            result = asyncio.run(drive(app.url, wl, stats_url=f"{app.url}/stats"))
-            summary = summarize(result, block_size=block_size)
-            row = {"topology": name, "rate": rate, "max_concurrent": conc,
-                   "engines": engine_count(args), "app_up_s": up_s, **(extra or {}),
-                   "summary": summary}
-            out.append(row)
-            if on_row is not None:
-                on_row(row)
+            for repeat in range(repeats):
+                wl = base.model_copy(update={"arrival_rate": rate, "seed": base.seed + repeat,
+                                             "max_concurrent_sessions": conc})
+                print(f"[compare] {name}: rate {rate}/s, max {conc} sessions, repeat "
+                      f"{repeat + 1}/{repeats}", file=sys.stderr, flush=True)
+                result = asyncio.run(drive(app.url, wl, stats_url=f"{app.url}/stats"))
+                row = {"topology": name, "rate": rate, "max_concurrent": conc,
+                       "repeat": repeat, "seed": wl.seed, "engines": engine_count(args),
+                       "app_up_s": up_s, **(extra or {}),
+                       "summary": summarize(result, block_size=block_size)}
+                out.append(row)
+                if on_row is not None:
+                    on_row(row)
     return out
 
 
@@ -65,47 +70,57 @@ def _point(row: dict[str, Any]) -> tuple[float, int, Any]:
 def ratios(rows: list[dict[str, Any]], baseline: str = "baseline",
            prefillshare: str = "prefillshare") -> list[dict[str, Any]]:
     """One line per load point measured on both ``baseline`` and ``prefillshare`` (labels
-    as in the rows' ``topology``): the paper's ratios and the hit ratios beside the best."""
-    by = {(r["topology"], *_point(r)): r for r in rows}
+    as in the rows' ``topology``): the paper's ratios and the hit ratios beside the best.
+    Rows of the same point with the same ``repeat`` index are paired (they ran the same
+    arrivals); over several repeats each number is the median with its spread
+    (bench/repeats.py)."""
+    by: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["topology"], *_point(r)), {})[r.get("repeat", 0)] = r
     table = []
     for key in sorted({_point(r) for r in rows}, key=lambda k: (str(k[2]), k[0], k[1])):
-        if (baseline, *key) not in by or (prefillshare, *key) not in by:
-            continue
-        rb, rs = by[(baseline, *key)], by[(prefillshare, *key)]
-        b, s = rb["summary"], rs["summary"]
-        bp95, sp95 = b["latency_s"]["call_e2e"]["p95"], s["latency_s"]["call_e2e"]["p95"]
-        bt, st = b["throughput"]["output_tok_s"], s["throughput"]["output_tok_s"]
-        kv_b, kv_s = b.get("kv_transfer") or {}, s.get("kv_transfer") or {}
-        table.append({
-            "rate": key[0], "max_concurrent": key[1], "prefill_kv_gib": key[2],
-            "engines_baseline": rb.get("engines"), "engines_prefillshare": rs.get("engines"),
-            "p95_baseline_s": bp95, "p95_prefillshare_s": sp95,
-            "p95_ratio": bp95 / sp95 if bp95 and sp95 else None,
-            "p50_baseline_s": b["latency_s"]["call_e2e"]["p50"],
-            "p50_prefillshare_s": s["latency_s"]["call_e2e"]["p50"],
-            "tput_baseline": bt, "tput_prefillshare": st,
-            "tput_ratio": st / bt if bt and st else None,
-            "total_tok_s_baseline": b["throughput"]["total_tok_s"],
-            "total_tok_s_prefillshare": s["throughput"]["total_tok_s"],
-            "ttft_p95_baseline_s": b["latency_s"]["ttft"]["p95"],
-            "ttft_p95_prefillshare_s": s["latency_s"]["ttft"]["p95"],
-            # From each call's usage.cached_tokens (the prefill engine's own count), which
-            # covers every replica; GET /stats samples one replica per deployment.
-            "hit_baseline": b["prefix_cache"]["usage_hit_ratio"],
-            "hit_prefillshare": s["prefix_cache"]["usage_hit_ratio"],
-            "hit_best": s["prefix_cache"]["theoretical_best_hit_ratio"],
-            "hit_best_same_role": b["prefix_cache"]["theoretical_best_same_role_hit_ratio"],
-            "kv_mib_per_call_baseline": _mib_per_call(kv_b),
-            "kv_mib_per_call_prefillshare": _mib_per_call(kv_s),
-            # Prompt tokens the prefill engines computed (not served from cache): the work
-            # PrefillShare removes; its ratio bounds the speedup when prefill is all there is.
-            "prefill_computed_baseline": _computed(b),
-            "prefill_computed_prefillshare": _computed(s),
-            "prefill_work_ratio": (_computed(b) / _computed(s)
-                                   if _computed(b) and _computed(s) else None),
-            "errors": b["errors"]["count"] + s["errors"]["count"],
-        })
+        base, shared = by.get((baseline, *key), {}), by.get((prefillshare, *key), {})
+        paired = sorted(set(base) & set(shared))
+        if paired:
+            table.append(summarize_repeats([_pair(key, base[i], shared[i]) for i in paired]))
     return table
+
+
+def _pair(key: tuple[Any, ...], rb: dict[str, Any], rs: dict[str, Any]) -> dict[str, Any]:
+    """The ratios of one repeat of one load point."""
+    b, s = rb["summary"], rs["summary"]
+    bp95, sp95 = b["latency_s"]["call_e2e"]["p95"], s["latency_s"]["call_e2e"]["p95"]
+    bt, st = b["throughput"]["output_tok_s"], s["throughput"]["output_tok_s"]
+    kv_b, kv_s = b.get("kv_transfer") or {}, s.get("kv_transfer") or {}
+    return {
+        "rate": key[0], "max_concurrent": key[1], "prefill_kv_gib": key[2],
+        "engines_baseline": rb.get("engines"), "engines_prefillshare": rs.get("engines"),
+        "p95_baseline_s": bp95, "p95_prefillshare_s": sp95,
+        "p95_ratio": bp95 / sp95 if bp95 and sp95 else None,
+        "p50_baseline_s": b["latency_s"]["call_e2e"]["p50"],
+        "p50_prefillshare_s": s["latency_s"]["call_e2e"]["p50"],
+        "tput_baseline": bt, "tput_prefillshare": st,
+        "tput_ratio": st / bt if bt and st else None,
+        "total_tok_s_baseline": b["throughput"]["total_tok_s"],
+        "total_tok_s_prefillshare": s["throughput"]["total_tok_s"],
+        "ttft_p95_baseline_s": b["latency_s"]["ttft"]["p95"],
+        "ttft_p95_prefillshare_s": s["latency_s"]["ttft"]["p95"],
+        # From each call's usage.cached_tokens (the prefill engine's own count), which
+        # covers every replica; GET /stats samples one replica per deployment.
+        "hit_baseline": b["prefix_cache"]["usage_hit_ratio"],
+        "hit_prefillshare": s["prefix_cache"]["usage_hit_ratio"],
+        "hit_best": s["prefix_cache"]["theoretical_best_hit_ratio"],
+        "hit_best_same_role": b["prefix_cache"]["theoretical_best_same_role_hit_ratio"],
+        "kv_mib_per_call_baseline": _mib_per_call(kv_b),
+        "kv_mib_per_call_prefillshare": _mib_per_call(kv_s),
+        # Prompt tokens the prefill engines computed (not served from cache): the work
+        # PrefillShare removes; its ratio bounds the speedup when prefill is all there is.
+        "prefill_computed_baseline": _computed(b),
+        "prefill_computed_prefillshare": _computed(s),
+        "prefill_work_ratio": (_computed(b) / _computed(s)
+                               if _computed(b) and _computed(s) else None),
+        "errors": b["errors"]["count"] + s["errors"]["count"],
+    }
 
 
 def _computed(summary: dict[str, Any]) -> float | None:
@@ -119,7 +134,8 @@ def _mib_per_call(kv: dict[str, Any]) -> float | None:
 
 
 def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench") -> list[Path]:
-    """p95 latency (Fig. 3 shape), throughput (Fig. 4 shape) and hit ratio vs load."""
+    """p95 latency (Fig. 3 shape), throughput (Fig. 4 shape) and hit ratio vs load; the
+    median over repeats, with min..max shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,8 +148,14 @@ def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench") -> l
             ("tput_baseline", "tput_prefillshare", "output tokens/s", "throughput"),
             ("hit_baseline", "hit_prefillshare", "prefill prefix-cache hit ratio", "hit_ratio")):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(x, [r[base_key] for r in table], "o-", label="baseline (per-model P/D)")
-        ax.plot(x, [r[ps_key] for r in table], "s-", label="PrefillShare")
+        for key, style, label_ in ((base_key, "o-", "baseline (per-model P/D)"),
+                                   (ps_key, "s-", "PrefillShare")):
+            line, = ax.plot(x, [r[key] for r in table], style, label=label_)
+            spread = [(r.get("spread") or {}).get(key) for r in table]
+            if any(s_ is not None for s_ in spread):  # repeats: shade min..max
+                ax.fill_between(x, [s_[0] if s_ else r[key] for s_, r in zip(spread, table)],
+                                [s_[1] if s_ else r[key] for s_, r in zip(spread, table)],
+                                color=line.get_color(), alpha=0.2)
         if name == "hit_ratio":
             ax.plot(x, [r["hit_best"] for r in table], "k--", label="workload best")
             ax.plot(x, [r["hit_best_same_role"] for r in table], "k:",
@@ -151,23 +173,25 @@ def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench") -> l
 
 
 def markdown_table(table: list[dict[str, Any]]) -> str:
-    def f(x: Any, fmt: str) -> str:
-        return "-" if x is None else format(x, fmt)
-
-    lines = ["| load | prefill KV GiB | p95 base (s) | p95 PS (s) | p95 ratio | tok/s base "
-             "| tok/s PS | tput ratio | TTFT p95 base | TTFT p95 PS | hit base | hit PS "
-             "| best (per-role best) | prefill work ratio | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Medians, with (min-max) over the repeats where there were several."""
+    lines = ["| load | prefill KV GiB | repeats | p95 base (s) | p95 PS (s) | p95 ratio "
+             "| tok/s base | tok/s PS | tput ratio | TTFT p95 base | TTFT p95 PS | hit base "
+             "| hit PS | best (per-role best) | prefill work ratio | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
+        def cell(key: str, fmt: str, suffix: str = "", line: dict[str, Any] = r) -> str:
+            return with_spread(line, key, fmt, suffix)
+
         lines.append(
-            f"| {r['rate']}/s ≤{r['max_concurrent']} | {f(r['prefill_kv_gib'], 'g')} "
-            f"| {f(r['p95_baseline_s'], '.2f')} | {f(r['p95_prefillshare_s'], '.2f')} "
-            f"| {f(r['p95_ratio'], '.2f')}x | {f(r['tput_baseline'], '.1f')} "
-            f"| {f(r['tput_prefillshare'], '.1f')} | {f(r['tput_ratio'], '.2f')}x "
-            f"| {f(r['ttft_p95_baseline_s'], '.2f')} | {f(r['ttft_p95_prefillshare_s'], '.2f')} "
-            f"| {f(r['hit_baseline'], '.2f')} | {f(r['hit_prefillshare'], '.2f')} "
-            f"| {f(r['hit_best'], '.2f')} ({f(r['hit_best_same_role'], '.2f')}) "
-            f"| {f(r['prefill_work_ratio'], '.2f')}x | {r['errors']} |")
+            f"| {r['rate']}/s ≤{r['max_concurrent']} | {cell('prefill_kv_gib', 'g')} "
+            f"| {r.get('repeats', 1)} "
+            f"| {cell('p95_baseline_s', '.2f')} | {cell('p95_prefillshare_s', '.2f')} "
+            f"| {cell('p95_ratio', '.2f', 'x')} | {cell('tput_baseline', '.1f')} "
+            f"| {cell('tput_prefillshare', '.1f')} | {cell('tput_ratio', '.2f', 'x')} "
+            f"| {cell('ttft_p95_baseline_s', '.2f')} | {cell('ttft_p95_prefillshare_s', '.2f')} "
+            f"| {cell('hit_baseline', '.2f')} | {cell('hit_prefillshare', '.2f')} "
+            f"| {cell('hit_best', '.2f')} ({cell('hit_best_same_role', '.2f')}) "
+            f"| {cell('prefill_work_ratio', '.2f', 'x')} | {r['errors']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topologies", default="baseline,prefillshare")
     p.add_argument("--label-suffix", default="",
                    help="appended to the prefillshare rows' label (e.g. -reuse)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of the first repeat; repeat i: seed + i")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per load point (tables: the median and min-max)")
     p.add_argument("--max-run-s", type=float, default=900.0, help="per load point (hard limit)")
     p.add_argument("--request-timeout-s", type=float, default=300.0, help="per call")
     p.add_argument("--server-timeout-s", type=float, default=None,
@@ -235,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.from_results:
         print(report(_load_rows(a.from_results), out_dir, a.prefillshare_label, a.prefix))
         return 0
+    if a.repeats < 1:
+        print("--repeats must be at least 1", file=sys.stderr)
+        return 2
     if a.server_timeout_s is not None and a.server_timeout_s >= a.request_timeout_s:
         print("--server-timeout-s must be below --request-timeout-s: the server answers (504) "
               "before the client gives up", file=sys.stderr)
@@ -271,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             args["timeouts"] = {stage: a.server_timeout_s for stage in
                                 ("prefill_s", "kv_pull_s", "first_token_s", "request_s")}
             extra["server_timeout_s"] = a.server_timeout_s
-        run_topology(label, args,
-                     loads, wl, a.block_size, extra=extra, on_row=save)
+        run_topology(label, args, loads, wl, a.block_size, repeats=a.repeats, extra=extra,
+                     on_row=save)
     print(report(rows, out_dir, a.prefillshare_label, a.prefix))
     return 0
 

@@ -29,10 +29,14 @@ def run_of(call_s: float, cached: int, prompt: int = 256, calls: int = 4) -> Run
     return result
 
 
-def row(topology: str, rate: float, conc: int, kv: float, call_s: float, cached: int) -> dict:
-    return {"topology": topology, "rate": rate, "max_concurrent": conc, "prefill_kv_gib": kv,
-            "engines": {"prefill": 4, "decode": 4},
-            "summary": summarize(run_of(call_s, cached), block_size=128)}
+def row(topology: str, rate: float, conc: int, kv: float, call_s: float, cached: int,
+        repeat: int | None = None) -> dict:
+    out = {"topology": topology, "rate": rate, "max_concurrent": conc, "prefill_kv_gib": kv,
+           "engines": {"prefill": 4, "decode": 4},
+           "summary": summarize(run_of(call_s, cached), block_size=128)}
+    if repeat is not None:  # rows written before repeats existed have no index
+        out["repeat"] = repeat
+    return out
 
 
 def test_engine_counts_of_both_topologies_with_separate_decode_engines():
@@ -70,6 +74,46 @@ def test_ratios_pair_rows_by_load_and_kv_space():
     assert len(reuse) == 1 and reuse[0]["p95_ratio"] == pytest.approx(8.0)
 
 
+def test_repeats_are_paired_by_index_and_reported_as_median_and_spread(tmp_path: Path):
+    # Three repeats: the baseline's p95 4, 2, 8 s against PrefillShare's 1, 1, 2 s.
+    rows = [row("baseline", 1.0, 12, 0.25, call_s=t, cached=0, repeat=i)
+            for i, t in enumerate((4.0, 2.0, 8.0))]
+    rows += [row("prefillshare", 1.0, 12, 0.25, call_s=t, cached=128, repeat=i)
+             for i, t in enumerate((1.0, 1.0, 2.0))]
+    rows.append(row("baseline", 1.0, 12, 0.25, call_s=9.0, cached=0, repeat=3))  # no partner
+    [line] = ratios(rows)
+    assert line["repeats"] == 3
+    assert line["p95_baseline_s"] == pytest.approx(4.0)  # the median
+    assert line["spread"]["p95_baseline_s"] == pytest.approx((2.0, 8.0))
+    # Ratios per repeat (4, 2, 4), then their median and spread: not median over median.
+    assert line["p95_ratio"] == pytest.approx(4.0)
+    assert line["spread"]["p95_ratio"] == pytest.approx((2.0, 4.0))
+    text = main_report(rows, tmp_path)
+    assert "| 1.0/s ≤12 | 0.25 | 3 | 4.00 (2.00-8.00) |" in text
+    assert "| 4.00x (2.00-4.00x) |" in text
+
+
+def main_report(rows: list[dict], tmp_path: Path) -> str:
+    saved = tmp_path / "rows.json"
+    saved.write_text(json.dumps(rows))
+    assert main(["--from-results", str(saved), "--out-dir", str(tmp_path / "r")]) == 0
+    return (tmp_path / "r" / "bench_summary.md").read_text()
+
+
+def test_summarize_repeats_keeps_what_it_cannot_take_a_median_of():
+    from bench.repeats import summarize_repeats, with_spread
+
+    one = summarize_repeats([{"p95": 2.0, "hit": None, "errors": 1, "name": "a"}])
+    assert one["repeats"] == 1 and with_spread(one, "p95", ".1f") == "2.0"
+    lines = [{"p95": 2.0, "hit": 0.5, "errors": 1, "name": "a"},
+             {"p95": 4.0, "hit": None, "errors": 2, "name": "a"}]
+    out = summarize_repeats(lines)
+    assert out["p95"] == 3.0 and out["hit"] is None and out["errors"] == 3
+    assert out["name"] == "a" and with_spread(out, "hit", ".2f") == "-"
+    with pytest.raises(ValueError):
+        summarize_repeats([])
+
+
 def test_report_from_saved_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps([row("baseline", 0.5, 4, 0.125, 3.0, 0)]))
@@ -86,6 +130,7 @@ def test_report_from_saved_results(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_bad_loads_are_a_usage_error(tmp_path: Path):
     assert main(["--loads", "fast", "--out-dir", str(tmp_path)]) == 2
+    assert main(["--repeats", "0", "--out-dir", str(tmp_path)]) == 2
 
 
 def test_a_server_timeout_at_or_over_the_client_timeout_is_a_usage_error(tmp_path: Path):
