@@ -106,29 +106,32 @@ def _sleep_until(t0: float, at_s: float, load: _LoadThread) -> None:
 
 
 def _kill_when_busy(running: Any, candidates: list[Any], killed: list[Any],
-                    wait_s: float = 15) -> dict[str, Any]:
-    """Kill the first of ``candidates`` seen serving a request (in-flight count > 0), or the
-    first after ``wait_s`` regardless: a kill between requests would test nothing in flight.
-    Appends the one killed to ``killed``."""
+                    busy: tuple[str, ...], wait_s: float = 15) -> dict[str, Any]:
+    """Kill the first of ``candidates`` seen busy (each of its ``busy`` stats > 0: for a
+    prefill replica ``inflight``; for a decode one also ``running``, its engine streaming
+    tokens: vLLM's count of the last step, stale once idle, hence both), or the first after
+    ``wait_s`` regardless: a kill between requests would test nothing in flight. Appends the
+    one killed to ``killed``."""
     from bench.replicas import kill, probe
 
     deadline = time.monotonic() + wait_s
-    victim, inflight = candidates[0], 0
-    while time.monotonic() < deadline and inflight == 0:
+    victim, seen = candidates[0], 0
+    while time.monotonic() < deadline and seen == 0:
         for replica in candidates:
             try:
-                inflight = int(probe(running.handle(replica.deployment), "stats",
-                                     replica.replica_id, timeout_s=5)["inflight"])
+                stats = probe(running.handle(replica.deployment), "stats",
+                              replica.replica_id, timeout_s=5)
+                seen = min(int(stats[key]) for key in busy)
             except Exception:
-                inflight = 0
-            if inflight > 0:
+                seen = 0
+            if seen > 0:
                 victim = replica
                 break
         else:
-            time.sleep(0.05)
+            time.sleep(0.02)
     kill(victim)
     killed.append(victim)
-    return {"replica": victim.actor_name, "inflight_at_kill": inflight}
+    return {"replica": victim.actor_name, f"{'_and_'.join(busy)}_at_kill": seen}
 
 
 def _engine_totals(running: Any, replicas: list[Any]) -> dict[str, dict[str, Any]]:
@@ -175,7 +178,7 @@ def run_faults(args: argparse.Namespace) -> tuple[dict[str, Any], RunResult]:
                        k, ReplicaProbe.of(r.replica_id)).result(timeout_s=30))
         _sleep_until(t0, args.warmup_s + args.fault_gap_s, load)
         _apply(faults, t0, "kill_prefill_replica", PREFILL,
-               lambda: _kill_when_busy(running, prefill[-1:], killed))
+               lambda: _kill_when_busy(running, prefill[-1:], killed, ("inflight",)))
         for k in range(args.decode_kills):
             _sleep_until(t0, args.warmup_s + (2 + k) * args.fault_gap_s, load)
             if k > 0:  # one planner replica always serves: the last one killed is back first
@@ -187,7 +190,8 @@ def run_faults(args: argparse.Namespace) -> tuple[dict[str, Any], RunResult]:
                 break
             planner = [r for r in rep.live_replicas(APP) if r.deployment == "decode-planner"]
             _apply(faults, t0, "kill_decode_replica", "decode-planner",
-                   lambda p=planner: _kill_when_busy(running, p, killed))
+                   lambda p=planner: _kill_when_busy(running, p, killed,
+                                                   ("inflight", "running")))
 
         load.join()
         if load.error is not None or load.result is None:
@@ -245,12 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", choices=["tiny", "smollm2"], default="tiny",
                    help="tiny random models (fast) or SmolLM2-135M for every engine")
     p.add_argument("--out", default="runs/fault", help="folder for fault_run.json and calls.json")
-    p.add_argument("--load-s", type=float, default=240, help="sessions start during this long")
+    p.add_argument("--load-s", type=float, default=420, help="sessions start during this long")
     p.add_argument("--rate", type=float, default=0.5, help="session arrivals per second")
     p.add_argument("--concurrency", type=int, default=4, help="sessions at once")
     p.add_argument("--turns", type=int, default=3)
     p.add_argument("--context-tokens", type=int, default=300)
-    p.add_argument("--output-tokens", type=int, default=24)
+    p.add_argument("--output-tokens", type=int, default=48,
+                   help="per call: a longer stream is likelier to be mid-way at a kill")
     p.add_argument("--warmup-s", type=float, default=20, help="load before the first fault")
     p.add_argument("--fault-gap-s", type=float, default=25, help="between faults")
     p.add_argument("--kv-failures", type=int, default=2,
