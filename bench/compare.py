@@ -19,30 +19,39 @@ from typing import Any
 from bench.driver import drive
 from bench.metrics import summarize
 from bench.repeats import summarize_repeats, with_spread
-from bench.topologies import app_args
+from bench.systems import VLLM_LORA
+from bench.topologies import TOPOLOGIES, app_args
 from bench.workload import Workload
 
 
 def engine_count(args: dict[str, Any]) -> dict[str, int]:
-    """Engines an app of these args starts (prefill replicas, decode replicas)."""
+    """Engines a system of these args starts (prefill replicas, decode replicas; vllm-lora:
+    one engine that does both, counted as decode)."""
+    if "adapters" in args:  # vllm-lora
+        return {"prefill": 0, "decode": 1}
     prefill = sum(p.get("replicas", 1) for p in args["prefill_pools"].values())
-    decode = sum(r.get("decode_pool", {}).get("replicas", 1) for r in args["roles"])
+    decode = sum(r.get("decode_pool", {}).get("replicas", 1) for r in args["roles"]
+                 if not r.get("lora_adapter"))
+    if args.get("lora_pool") is not None:
+        decode += args["lora_pool"].get("replicas", 1)
     return {"prefill": prefill, "decode": decode}
 
 
 def run_topology(name: str, args: dict[str, Any], loads: list[tuple[float, int]],
-                 base: Workload, block_size: int, *, repeats: int = 1,
+                 base: Workload, block_size: int, *, kind: str | None = None,
+                 log_dir: Path = Path("."), repeats: int = 1,
                  extra: dict[str, Any] | None = None,
                  on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Starts the app once, drives every load point ``repeats`` times against it (repeat i
+    """Starts the system once, drives every load point ``repeats`` times against it (repeat i
     with seed base.seed + i: every topology gets the same arrivals per repeat); ``on_row``
-    gets each row as soon as it is measured (a long sweep loses nothing if it dies later)."""
-    from bench.running_app import running_app
+    gets each row as soon as it is measured (a long sweep loses nothing if it dies later).
+    Each row has the system's memory (RSS of all its processes) right after its run."""
+    from bench.systems import running_system
 
     out = []
     t0 = time.perf_counter()
     print(f"[compare] {name}: starting engines ...", file=sys.stderr, flush=True)
-    with running_app(args) as app:
+    with running_system(kind or name, args, log_dir=log_dir) as system:
         up_s = time.perf_counter() - t0
         print(f"[compare] {name}: up in {up_s:.0f}s", file=sys.stderr, flush=True)
         for rate, conc in loads:
@@ -51,10 +60,10 @@ def run_topology(name: str, args: dict[str, Any], loads: list[tuple[float, int]]
                                              "max_concurrent_sessions": conc})
                 print(f"[compare] {name}: rate {rate}/s, max {conc} sessions, repeat "
                       f"{repeat + 1}/{repeats}", file=sys.stderr, flush=True)
-                result = asyncio.run(drive(app.url, wl, stats_url=f"{app.url}/stats"))
+                result = asyncio.run(drive(system.url, wl, stats_url=system.stats_url))
                 row = {"topology": name, "rate": rate, "max_concurrent": conc,
                        "repeat": repeat, "seed": wl.seed, "engines": engine_count(args),
-                       "app_up_s": up_s, **(extra or {}),
+                       "app_up_s": up_s, "memory": system.memory(), **(extra or {}),
                        "summary": summarize(result, block_size=block_size)}
                 out.append(row)
                 if on_row is not None:
@@ -119,8 +128,17 @@ def _pair(key: tuple[Any, ...], rb: dict[str, Any], rs: dict[str, Any]) -> dict[
         "prefill_computed_prefillshare": _computed(s),
         "prefill_work_ratio": (_computed(b) / _computed(s)
                                if _computed(b) and _computed(s) else None),
+        # Memory of every process of each system after the run (rows written before it was
+        # measured have none) and output throughput per GiB of it.
+        "rss_gib_baseline": _rss_gib(rb), "rss_gib_prefillshare": _rss_gib(rs),
+        "tput_per_gib_ratio": (st / _rss_gib(rs)) / (bt / _rss_gib(rb))
+        if bt and st and _rss_gib(rb) and _rss_gib(rs) else None,
         "errors": b["errors"]["count"] + s["errors"]["count"],
     }
+
+
+def _rss_gib(row: dict[str, Any]) -> float | None:
+    return (row.get("memory") or {}).get("rss_gib")
 
 
 def _computed(summary: dict[str, Any]) -> float | None:
@@ -176,8 +194,9 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
     """Medians, with (min-max) over the repeats where there were several."""
     lines = ["| load | prefill KV GiB | repeats | p95 base (s) | p95 PS (s) | p95 ratio "
              "| tok/s base | tok/s PS | tput ratio | TTFT p95 base | TTFT p95 PS | hit base "
-             "| hit PS | best (per-role best) | prefill work ratio | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| hit PS | best (per-role best) | prefill work ratio | RSS GiB base | RSS GiB PS "
+             "| tok/s per GiB ratio | errors |",
+             "|" + "---|" * 19]
     for r in table:
         def cell(key: str, fmt: str, suffix: str = "", line: dict[str, Any] = r) -> str:
             return with_spread(line, key, fmt, suffix)
@@ -190,15 +209,21 @@ def markdown_table(table: list[dict[str, Any]]) -> str:
             f"| {cell('tput_prefillshare', '.1f')} | {cell('tput_ratio', '.2f', 'x')} "
             f"| {cell('ttft_p95_baseline_s', '.2f')} | {cell('ttft_p95_prefillshare_s', '.2f')} "
             f"| {cell('hit_baseline', '.2f')} | {cell('hit_prefillshare', '.2f')} "
-            f"| {cell('hit_best', '.2f')} ({cell('hit_best_same_role', '.2f')}) "
-            f"| {cell('prefill_work_ratio', '.2f', 'x')} | {r['errors']} |")
+            f"| {_plain(r['hit_best'], '.2f')} ({_plain(r['hit_best_same_role'], '.2f')}) "
+            f"| {cell('prefill_work_ratio', '.2f', 'x')} | {cell('rss_gib_baseline', '.1f')} "
+            f"| {cell('rss_gib_prefillshare', '.1f')} | {cell('tput_per_gib_ratio', '.2f', 'x')} "
+            f"| {r['errors']} |")
     return "\n".join(lines) + "\n"
 
 
+def _plain(x: Any, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def report(rows: list[dict[str, Any]], out_dir: Path, prefillshare: str = "prefillshare",
-           prefix: str = "bench") -> str:
+           prefix: str = "bench", baseline: str = "baseline") -> str:
     """ratios.json, the plots and summary.md for the rows; returns the markdown."""
-    table = ratios(rows, prefillshare=prefillshare)
+    table = ratios(rows, baseline=baseline, prefillshare=prefillshare)
     (out_dir / f"{prefix}_ratios.json").write_text(json.dumps(table, indent=2))
     if table:
         plot(table, out_dir, prefix)
@@ -236,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--decode-kv-mode", default="exact", choices=["exact", "reuse"],
                    help="PrefillShare's decode KV mode")
-    p.add_argument("--topologies", default="baseline,prefillshare")
+    p.add_argument("--topologies", default="baseline,prefillshare",
+                   help=f"comma-separated, run in this order: {', '.join(TOPOLOGIES)}")
+    p.add_argument("--adapters", help="the LoRA systems' adapters: a folder with one "
+                   "subfolder per role (e.g. adapters/ for smollm2); default: random ones")
+    p.add_argument("--lora-rank", type=int, default=8, help="of the random adapters; the "
+                   "LoRA engines' max_lora_rank")
     p.add_argument("--label-suffix", default="",
                    help="appended to the prefillshare rows' label (e.g. -reuse)")
     p.add_argument("--seed", type=int, default=0, help="of the first repeat; repeat i: seed + i")
@@ -253,13 +283,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="start nothing: report on these results.json files (merged)")
     p.add_argument("--prefillshare-label", default="prefillshare",
                    help="which prefillshare rows the report pairs with the baseline")
+    p.add_argument("--baseline-label", default="baseline",
+                   help="which rows the report compares against (e.g. vllm-lora)")
     p.add_argument("--prefix", default="bench", help="file name prefix of the report")
     a = p.parse_args(argv)
 
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if a.from_results:
-        print(report(_load_rows(a.from_results), out_dir, a.prefillshare_label, a.prefix))
+        print(report(_load_rows(a.from_results), out_dir, a.prefillshare_label, a.prefix,
+                     a.baseline_label))
         return 0
     if a.repeats < 1:
         print("--repeats must be at least 1", file=sys.stderr)
@@ -289,20 +322,31 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         results.write_text(json.dumps(rows, indent=1, default=str))
 
-    for topo in a.topologies.split(","):
-        label = topo + (a.label_suffix if topo == "prefillshare" else "")
-        extra = {"kind": topo, "decode_kv_mode": a.decode_kv_mode if topo == "prefillshare"
-                 else "exact", "prefill_kv_gib": a.kv_cache_space_gib,
+    topologies = a.topologies.split(",")
+    unknown = [t for t in topologies if t not in TOPOLOGIES]
+    if unknown:
+        print(f"unknown --topologies {unknown}: choose from {', '.join(TOPOLOGIES)}",
+              file=sys.stderr)
+        return 2
+    adapters = None
+    if any(t.endswith("-lora") for t in topologies):
+        from bench.role_adapters import role_adapters
+
+        adapters = role_adapters(a.model, roles, a.adapters, a.lora_rank)
+    for topo in topologies:
+        label = topo + (a.label_suffix if topo.startswith("prefillshare") else "")
+        extra = {"kind": topo, "decode_kv_mode": a.decode_kv_mode if topo.startswith(
+                 "prefillshare") else "exact", "prefill_kv_gib": a.kv_cache_space_gib,
                  "decode_kv_gib": decode_engine["kv_cache_space_gib"], "model": a.model}
         args = app_args(topo, roles, a.model, engine, decode_kv_mode=a.decode_kv_mode,
-                        decode_engine=decode_engine)
-        if a.server_timeout_s is not None:
+                        decode_engine=decode_engine, adapters=adapters, lora_rank=a.lora_rank)
+        if a.server_timeout_s is not None and topo != VLLM_LORA:
             args["timeouts"] = {stage: a.server_timeout_s for stage in
                                 ("prefill_s", "kv_pull_s", "first_token_s", "request_s")}
             extra["server_timeout_s"] = a.server_timeout_s
-        run_topology(label, args, loads, wl, a.block_size, repeats=a.repeats, extra=extra,
-                     on_row=save)
-    print(report(rows, out_dir, a.prefillshare_label, a.prefix))
+        run_topology(label, args, loads, wl, a.block_size, kind=topo, log_dir=out_dir,
+                     repeats=a.repeats, extra=extra, on_row=save)
+    print(report(rows, out_dir, a.prefillshare_label, a.prefix, a.baseline_label))
     return 0
 
 

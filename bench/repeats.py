@@ -29,6 +29,8 @@ def summarize_repeats(lines: list[dict[str, Any]]) -> dict[str, Any]:
         numbers = [v for v in values if _is_number(v)]
         if key in SUMMED:
             out[key] = sum(numbers)
+        elif all(v == values[0] for v in values):  # the point's own settings: load, KV size
+            out[key] = values[0]
         elif numbers and len(numbers) == len(values):
             out[key] = statistics.median(numbers)
             out["spread"][key] = (min(numbers), max(numbers))

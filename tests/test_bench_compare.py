@@ -30,12 +30,14 @@ def run_of(call_s: float, cached: int, prompt: int = 256, calls: int = 4) -> Run
 
 
 def row(topology: str, rate: float, conc: int, kv: float, call_s: float, cached: int,
-        repeat: int | None = None) -> dict:
+        repeat: int | None = None, memory: float | None = None) -> dict:
     out = {"topology": topology, "rate": rate, "max_concurrent": conc, "prefill_kv_gib": kv,
            "engines": {"prefill": 4, "decode": 4},
            "summary": summarize(run_of(call_s, cached), block_size=128)}
     if repeat is not None:  # rows written before repeats existed have no index
         out["repeat"] = repeat
+    if memory is not None:
+        out["memory"] = {"rss_gib": memory, "processes": 8.0}
     return out
 
 
@@ -70,6 +72,7 @@ def test_ratios_pair_rows_by_load_and_kv_space():
     prompt = 4 * 256 + 128 * 6
     assert small["prefill_computed_baseline"] == pytest.approx(prompt)
     assert small["prefill_work_ratio"] == pytest.approx(prompt / (prompt - 3 * 128))
+    assert small["rss_gib_baseline"] is None and small["tput_per_gib_ratio"] is None  # old rows
     reuse = ratios(rows, prefillshare="prefillshare-reuse")
     assert len(reuse) == 1 and reuse[0]["p95_ratio"] == pytest.approx(8.0)
 
@@ -83,6 +86,7 @@ def test_repeats_are_paired_by_index_and_reported_as_median_and_spread(tmp_path:
     rows.append(row("baseline", 1.0, 12, 0.25, call_s=9.0, cached=0, repeat=3))  # no partner
     [line] = ratios(rows)
     assert line["repeats"] == 3
+    assert line["max_concurrent"] == 12 and "max_concurrent" not in line["spread"]
     assert line["p95_baseline_s"] == pytest.approx(4.0)  # the median
     assert line["spread"]["p95_baseline_s"] == pytest.approx((2.0, 8.0))
     # Ratios per repeat (4, 2, 4), then their median and spread: not median over median.
@@ -98,6 +102,15 @@ def main_report(rows: list[dict], tmp_path: Path) -> str:
     saved.write_text(json.dumps(rows))
     assert main(["--from-results", str(saved), "--out-dir", str(tmp_path / "r")]) == 0
     return (tmp_path / "r" / "bench_summary.md").read_text()
+
+
+def test_memory_per_system_and_throughput_per_gib():
+    rows = [row("vllm-lora", 1.0, 12, 0.25, call_s=1.0, cached=0, memory=2.0),
+            row("prefillshare-lora", 1.0, 12, 0.25, call_s=0.5, cached=128, memory=5.0)]
+    [line] = ratios(rows, baseline="vllm-lora", prefillshare="prefillshare-lora")
+    assert (line["rss_gib_baseline"], line["rss_gib_prefillshare"]) == (2.0, 5.0)
+    # Twice the throughput on 2.5x the memory: 0.8x the throughput per GiB.
+    assert line["tput_per_gib_ratio"] == pytest.approx(0.8)
 
 
 def test_summarize_repeats_keeps_what_it_cannot_take_a_median_of():
@@ -137,3 +150,52 @@ def test_a_server_timeout_at_or_over_the_client_timeout_is_a_usage_error(tmp_pat
     # The server must answer (504) before the client gives up, or a slow call counts as hung.
     assert main(["--server-timeout-s", "300", "--request-timeout-s", "300",
                  "--out-dir", str(tmp_path)]) == 2
+
+
+def test_the_lora_systems_serve_every_role_as_an_adapter_over_the_base():
+    adapters = {r: f"/adapters/{r}" for r in ROLES}
+    engine, decode = {"kv_cache_space_gib": 0.5}, {"kv_cache_space_gib": 0.25}
+    ps = app_args("prefillshare-lora", ROLES, "m", engine, decode_engine=decode,
+                  adapters=adapters, lora_rank=16)
+    assert ps["prefill_pools"] == {"shared": {"engine": engine}}
+    assert ps["lora_pool"] == {"engine": decode, "max_lora_rank": 16, "max_loras": 4}
+    assert {r["name"]: r["lora_adapter"] for r in ps["roles"]} == adapters
+    assert engine_count(ps) == {"prefill": 1, "decode": 1}
+    plain = app_args("vllm-lora", ROLES, "m", engine, decode_engine=decode, adapters=adapters)
+    assert plain == {"model": "m", "adapters": adapters,
+                     "engine": {"kv_cache_space_gib": 0.25, "max_lora_rank": 8}}
+    assert engine_count(plain) == {"prefill": 0, "decode": 1}
+    with pytest.raises(ValueError, match="one adapter per role"):
+        app_args("vllm-lora", ROLES, "m", engine, adapters={"planner": "/a"})
+
+
+def test_vllm_serve_runs_on_loopback_with_the_adapters_and_the_same_engine_options():
+    from bench.vllm_server import serve_command, server_environment
+
+    cmd = serve_command("/models/base", {"planner": "/a/p", "coder": "/a/c"}, 20123,
+                        {"max_model_len": 4096, "kv_cache_space_gib": 0.25, "block_size": 128},
+                        max_lora_rank=8)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "20123"
+    assert cmd[cmd.index("--kv-cache-memory-bytes") + 1] == str(1 << 28)
+    assert "--enable-prefix-caching" in cmd and "--enable-prompt-tokens-details" in cmd
+    modules = cmd[cmd.index("--lora-modules") + 1:]
+    assert modules[:2] == ["planner=/a/p", "coder=/a/c"]
+    assert cmd[cmd.index("--max-loras") + 1] == "2" and cmd[cmd.index("--max-lora-rank") + 1] == "8"
+    env = server_environment(2)
+    assert env["VLLM_HOST_IP"] == "127.0.0.1" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env
+
+
+def test_role_adapters_from_a_folder_need_one_per_role(tmp_path: Path):
+    from bench.role_adapters import role_adapters
+
+    for r in ROLES[:2]:
+        (tmp_path / r).mkdir()
+        (tmp_path / r / "adapter_config.json").write_text("{}")
+    assert role_adapters("m", ROLES[:2], str(tmp_path)) == {r: str(tmp_path / r) for r in ROLES[:2]}
+    with pytest.raises(FileNotFoundError, match="tool"):
+        role_adapters("m", ROLES, str(tmp_path))
+
+
+def test_an_unknown_topology_is_a_usage_error(tmp_path: Path):
+    assert main(["--topologies", "baseline,sglang", "--out-dir", str(tmp_path)]) == 2
