@@ -32,9 +32,12 @@ def app_args(topology: Topology, roles: list[str], model: str, engine: dict[str,
         if adapters is None or set(adapters) != set(roles):
             raise ValueError(f"{topology} needs one adapter per role")
     if topology == "vllm-lora":
-        # One engine does everything: the decode engine's options (its KV space).
+        # One engine does everything, with the KV space of prefillshare-lora's two engines
+        # (one prefill, one decode): the same KV budget for the two LoRA systems.
+        kv = engine.get("kv_cache_space_gib", 1.0) + decode["engine"].get(
+            "kv_cache_space_gib", 1.0)
         return {"model": model, "adapters": dict(adapters or {}),
-                "engine": {**decode["engine"], "max_lora_rank": lora_rank}}
+                "engine": {**engine, "kv_cache_space_gib": kv, "max_lora_rank": lora_rank}}
     if topology == "prefillshare-lora":
         return {
             "base_model": model,

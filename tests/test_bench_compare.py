@@ -162,8 +162,9 @@ def test_the_lora_systems_serve_every_role_as_an_adapter_over_the_base():
     assert {r["name"]: r["lora_adapter"] for r in ps["roles"]} == adapters
     assert engine_count(ps) == {"prefill": 1, "decode": 1}
     plain = app_args("vllm-lora", ROLES, "m", engine, decode_engine=decode, adapters=adapters)
+    # One engine with the KV space of prefillshare-lora's prefill + decode engines.
     assert plain == {"model": "m", "adapters": adapters,
-                     "engine": {"kv_cache_space_gib": 0.25, "max_lora_rank": 8}}
+                     "engine": {"kv_cache_space_gib": 0.75, "max_lora_rank": 8}}
     assert engine_count(plain) == {"prefill": 0, "decode": 1}
     with pytest.raises(ValueError, match="one adapter per role"):
         app_args("vllm-lora", ROLES, "m", engine, adapters={"planner": "/a"})

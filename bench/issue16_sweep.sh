@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The Benchmark v2 sweep (issue 16): four systems, three repeats per point, a load sweep from
+# light to past the baseline's collapse, and a KV-size sweep at the high-load point. Each step
+# starts one system and holds the engine lock EXCLUSIVELY for that step only; rows are written
+# as they are measured (OUT/<step>/results.json) and a rerun skips steps already done. Then
+# one report per pair of systems from the raw rows:
+#   bash bench/issue16_sweep.sh [OUT]          (DRY=1: print the steps, run nothing)
+#   PATTERN=reflexion bash bench/issue16_sweep.sh runs/issue16-reflexion
+# Not run yet as a whole (issue 16): each step is hours of this 2-core box's CPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/issue16}
+PY=.venv/bin/python
+LOCK=/tmp/prefillshare-engines.lock
+export VLLM_HOST_IP=127.0.0.1
+# issue 6's SmolLM2-shaped slim random Llama (16 layers, hidden 384): eight engines fit here.
+MODEL=${MODEL:-$($PY -c "from vllm_runtime.model_assets import tiny_llama_folder, cache_dir
+print(tiny_llama_folder(cache_dir() / 'bench-slim-16l', seed=5, num_layers=16, hidden_size=384,
+                        num_heads=6, num_kv_heads=2, max_position_embeddings=8192))" | tail -1)}
+COMMON=(--model "$MODEL" --roles planner,coder,tool,critic --sessions 12 --turns 4
+        --initial-context-tokens 1500 --observation-tokens 300 500 --output-tokens 8
+        --max-model-len 4096 --decode-kv-cache-space-gib 0.25 --repeats "${REPEATS:-3}"
+        --pattern "${PATTERN:-react}"
+        --max-run-s 1500 --request-timeout-s 900 --server-timeout-s 840)
+LOADS=${LOADS:-0.05:2,0.2:6,0.5:9,1:12}
+HIGH=${HIGH:-1:12}
+SYSTEMS=(baseline prefillshare prefillshare-lora vllm-lora)
+
+step() {  # step NAME ARGS...: one system, one lock acquisition
+  local name=$1; shift
+  if [ -s "$OUT/$name/done" ]; then echo "[sweep] $name: done already"; return 0; fi
+  if [ -n "${DRY:-}" ]; then echo "[sweep] $name: $PY -m bench.compare ${COMMON[*]} $*"; return 0; fi
+  mkdir -p "$OUT/$name"
+  echo "[sweep] $name: waiting for the exclusive engine lock ($(date -u +%T))"
+  flock -x "$LOCK" timeout "${STEP_TIMEOUT:-14400}" "$PY" -m bench.compare "${COMMON[@]}" \
+    --out-dir "$OUT/$name" "$@" > "$OUT/$name/log.txt" 2>&1
+  local rc=$?
+  echo "[sweep] $name: rc $rc ($(date -u +%T))"
+  [ $rc -eq 0 ] && date -u > "$OUT/$name/done"
+  return 0
+}
+
+for system in "${SYSTEMS[@]}"; do  # the load sweep at 0.25 GiB of prefill KV per engine
+  step "load-$system" --topologies "$system" --kv-cache-space-gib 0.25 --loads "$LOADS"
+done
+for kv in 0.125 0.5; do  # the KV sweep at high load (0.25 GiB is in the load sweep)
+  for system in "${SYSTEMS[@]}"; do
+    step "kv$kv-$system" --topologies "$system" --kv-cache-space-gib "$kv" --loads "$HIGH"
+  done
+done
+[ -n "${DRY:-}" ] && exit 0
+rows=$(ls "$OUT"/*/results.json 2>/dev/null)
+[ -z "$rows" ] && { echo "[sweep] no rows yet"; exit 1; }
+for pair in baseline:prefillshare vllm-lora:prefillshare-lora vllm-lora:prefillshare \
+            baseline:prefillshare-lora; do
+  base=${pair%%:*}; ps=${pair##*:}
+  # shellcheck disable=SC2086
+  $PY -m bench.compare --from-results $rows --out-dir "$OUT/report" \
+      --prefix "v2_${ps}_vs_${base}" --baseline-label "$base" --prefillshare-label "$ps"
+done
+echo "[sweep] reports in $OUT/report"
