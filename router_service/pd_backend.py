@@ -139,8 +139,9 @@ class PrefillShareBackend:
             except ReplicaGone as exc:
                 lost: BaseException = exc
             except ServingError as exc:
-                if exc.code == ErrorCode.KV_PULL_FAILED and not sent and attempt < self.max_retries:
-                    # A failed KV pull (policy "fail") left no token behind: prefill again.
+                if exc.code == ErrorCode.KV_PULL_FAILED and attempt < self.max_retries:
+                    # A failed KV pull (policy "fail") comes before the attempt's first token:
+                    # prefill again (a continuation goes on from the same sent tokens).
                     self._count_retry(ErrorCode.KV_PULL_FAILED, rid, exc, attempt)
                     continue
                 if exc.code != ErrorCode.REPLICA_LOST:

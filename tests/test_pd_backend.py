@@ -186,6 +186,19 @@ async def test_decode_replica_lost_mid_stream_continues_on_another_from_the_sent
     assert decode.released == []
 
 
+async def test_a_continuation_whose_kv_pull_fails_is_prefilled_and_continued_again():
+    # Found by the fault run: the continuation landed on a replica whose pulls were failing.
+    prefill = FakePrefill()
+    decode = FakeDecode([[*_ids(0, 4)[:1], ReplicaGone("gone mid-stream")], [_kv_pull_failed()],
+                         _ids(1, 3)])
+    backend = _backend(prefill, decode)
+    deltas = await _collect(backend, GenerationRequest("req", "coder", (5, 6), SamplingSpec(4)))
+    assert [d.token_ids for d in deltas] == [(0,), (1,), (2,), (3,)]
+    assert [c["prompt"] for c in decode.calls] == [[5, 6], [5, 6, 0], [5, 6, 0]]
+    assert [c["prefilled"] for c in decode.calls] == [None, 2, 2]
+    assert backend.retries_by_reason == {"migrated": 1, ErrorCode.KV_PULL_FAILED: 1}
+
+
 async def test_a_dead_decode_engine_mid_stream_is_a_lost_replica_too():
     prefill = FakePrefill()
     dead = ServingError("the decode engine of this replica died", 503,
