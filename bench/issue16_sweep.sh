@@ -13,10 +13,8 @@ OUT=${1:-runs/issue16}
 PY=.venv/bin/python
 LOCK=/tmp/prefillshare-engines.lock
 export VLLM_HOST_IP=127.0.0.1
-# issue 6's SmolLM2-shaped slim random Llama (16 layers, hidden 384): eight engines fit here.
-MODEL=${MODEL:-$($PY -c "from vllm_runtime.model_assets import tiny_llama_folder, cache_dir
-print(tiny_llama_folder(cache_dir() / 'bench-slim-16l', seed=5, num_layers=16, hidden_size=384,
-                        num_heads=6, num_kv_heads=2, max_position_embeddings=8192))" | tail -1)}
+# issue 6's model (bench/app_models.slim_bench_model: eight engines fit here).
+MODEL=${MODEL:-$($PY -c "from bench.app_models import slim_bench_model; print(slim_bench_model())" | tail -1)}
 COMMON=(--model "$MODEL" --roles planner,coder,tool,critic --sessions 12 --turns 4
         --initial-context-tokens 1500 --observation-tokens 300 500 --output-tokens 8
         --max-model-len 4096 --decode-kv-cache-space-gib 0.25 --repeats "${REPEATS:-3}"
