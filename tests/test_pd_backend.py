@@ -3,113 +3,27 @@ streaming, stats, retries on lost replicas, stage timeouts and cleanup."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
-
 import pytest
 
-from contract.roles import ServedRole
 from contract.wire import (
-    DecodeRequest,
     ErrorCode,
     GenerationDelta,
     KvLoaded,
-    PrefillRequest,
-    ReleaseRequest,
     SamplingSpec,
     ServingError,
 )
 from router_service.backend import GenerationRequest
-from router_service.pd_backend import Pool, PrefillShareBackend, ReplicaGone, StageTimeouts
-
-FAST = StageTimeouts(prefill_s=0.05, kv_pull_s=0.05, first_token_s=0.05, request_s=5.0)
-SAMPLING = SamplingSpec(max_tokens=3)
-SLOW = 10.0  # longer than any timeout used here; wait_for cancels it
-
-
-@dataclass
-class FakePrefill:
-    """Each call takes the next outcome: "ok", "slow" or an exception to raise."""
-
-    outcomes: list[Any] = field(default_factory=list)
-    calls: list[tuple[str, list[int], str | None]] = field(default_factory=list)
-
-    async def prefill(self, request: PrefillRequest) -> Any:
-        request_id = request.request_id
-        self.calls.append((request_id, list(request.prompt_token_ids), request.route.session_id))
-        outcome = self.outcomes.pop(0) if self.outcomes else "ok"
-        if outcome == "slow":
-            await asyncio.sleep(SLOW)
-        elif isinstance(outcome, BaseException):
-            raise outcome
-        return SimpleNamespace(kv_transfer_params={"remote_request_id": request_id},
-                               num_cached_tokens=3)
-
-
-def _tokens(n: int, finish: str = "stop") -> list[GenerationDelta]:
-    return [GenerationDelta(text=f"t{i}", token_ids=(i,),
-                            finish_reason=finish if i == n - 1 else None,
-                            stats={"decode_s": 0.5} if i == n - 1 else {})
-            for i in range(n)]
-
-
-@dataclass
-class FakeDecode:
-    """Each generate() call plays the next script: a list of deltas, "slow" (waits) and
-    exceptions (raised), in order."""
-
-    scripts: list[list[Any]] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    closed: list[str] = field(default_factory=list)
-    released: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    release_error: Exception | None = None
-
-    async def generate(self, request: DecodeRequest) -> AsyncIterator[GenerationDelta]:
-        request_id = request.request_id
-        self.calls.append({"rid": request_id, "prompt": list(request.prompt_token_ids),
-                           "sampling": request.sampling, "params": request.kv_transfer_params,
-                           "lora": request.lora_name, "session": request.route.session_id,
-                           "prefilled": request.prefilled_tokens})
-        script = self.scripts.pop(0) if self.scripts else _tokens(3)
-        try:
-            for step in script:
-                if step == "slow":
-                    await asyncio.sleep(SLOW)
-                elif isinstance(step, BaseException):
-                    raise step
-                else:
-                    yield step
-        finally:
-            self.closed.append(request_id)
-
-    async def release(self, request: ReleaseRequest) -> None:
-        self.released.append((request.request_id, request.kv_transfer_params))
-        if self.release_error is not None:
-            raise self.release_error
-
-
-def _backend(prefill: FakePrefill, decode: FakeDecode, timeouts: StageTimeouts = FAST,
-             max_retries: int = 2, lora_name: str | None = None,
-             role: str = "coder") -> PrefillShareBackend:
-    """The pipeline for one role on one prefill and one decode pool."""
-    served = ServedRole(role, None, "prefill-shared", f"decode-{role}", lora_name)
-    return PrefillShareBackend([served], {"prefill-shared": Pool(prefill, 16)},
-                               {f"decode-{role}": Pool(decode, 16)}, timeouts, max_retries)
-
-
-def _request(role: str = "coder") -> GenerationRequest:
-    return GenerationRequest("req", role, (5, 6, 7), SAMPLING, session_id="s1")
-
-
-async def _collect(backend: PrefillShareBackend, request: GenerationRequest,
-                   into: list[GenerationDelta] | None = None) -> list[GenerationDelta]:
-    out = [] if into is None else into
-    async for delta in backend.generate(request):
-        out.append(delta)
-    return out
+from router_service.pd_backend import ReplicaGone, StageTimeouts
+from tests.pd_backend_fakes import (
+    SAMPLING,
+    FakeDecode,
+    FakePrefill,
+)
+from tests.pd_backend_fakes import backend as _backend
+from tests.pd_backend_fakes import collect as _collect
+from tests.pd_backend_fakes import kv_pull_failed as _kv_pull_failed
+from tests.pd_backend_fakes import request as _request
+from tests.pd_backend_fakes import tokens as _tokens
 
 
 async def test_happy_path_streams_deltas_with_stats_on_the_last():
@@ -155,98 +69,6 @@ async def test_replica_lost_in_decode_before_a_token_releases_then_retries():
     assert decode.released == [("req-release", {"remote_request_id": "req"})]
     assert [c["rid"] for c in decode.calls] == ["req", "req-r1"]
     assert backend.retries == 1
-
-
-def _ids(start: int, n: int, finish: str = "length") -> list[GenerationDelta]:
-    """Deltas of one token each, ids start..start+n-1, the last one finishing."""
-    return [GenerationDelta(text=f"t{i}", token_ids=(i,),
-                            finish_reason=finish if i == start + n - 1 else None)
-            for i in range(start, start + n)]
-
-
-async def test_decode_replica_lost_mid_stream_continues_on_another_from_the_sent_tokens():
-    sampling = SamplingSpec(max_tokens=5, min_tokens=4, temperature=0.0, seed=7)
-    prefill = FakePrefill()
-    decode = FakeDecode([[*_ids(0, 5)[:2], ReplicaGone("gone mid-stream")], _ids(2, 3)])
-    backend = _backend(prefill, decode)
-    request = GenerationRequest("req", "coder", (5, 6, 7), sampling, session_id="s1")
-    deltas = await _collect(backend, request)
-
-    assert [d.token_ids for d in deltas] == [(0,), (1,), (2,), (3,), (4,)]  # none twice, none lost
-    assert deltas[-1].finish_reason == "length"
-    # The prompt is prefilled again as it was; the new decode gets it plus the sent tokens,
-    # says which part was prefilled, and generates only what is left.
-    assert [c[1] for c in prefill.calls] == [[5, 6, 7], [5, 6, 7]]
-    first, second = decode.calls
-    assert first["prefilled"] is None and first["sampling"] == sampling
-    assert second["rid"] == "req-r1" and second["prompt"] == [5, 6, 7, 0, 1]
-    assert second["prefilled"] == 3 and second["params"] == {"remote_request_id": "req-r1"}
-    assert (second["sampling"].max_tokens, second["sampling"].min_tokens) == (3, 2)
-    assert backend.retries_by_reason == {"migrated": 1}
-    assert decode.released == []
-
-
-async def test_a_continuation_whose_kv_pull_fails_is_prefilled_and_continued_again():
-    # Found by the fault run: the continuation landed on a replica whose pulls were failing.
-    prefill = FakePrefill()
-    decode = FakeDecode([[*_ids(0, 4)[:1], ReplicaGone("gone mid-stream")], [_kv_pull_failed()],
-                         _ids(1, 3)])
-    backend = _backend(prefill, decode)
-    deltas = await _collect(backend, GenerationRequest("req", "coder", (5, 6), SamplingSpec(4)))
-    assert [d.token_ids for d in deltas] == [(0,), (1,), (2,), (3,)]
-    assert [c["prompt"] for c in decode.calls] == [[5, 6], [5, 6, 0], [5, 6, 0]]
-    assert [c["prefilled"] for c in decode.calls] == [None, 2, 2]
-    assert backend.retries_by_reason == {"migrated": 1, ErrorCode.KV_PULL_FAILED: 1}
-
-
-async def test_a_dead_decode_engine_mid_stream_is_a_lost_replica_too():
-    prefill = FakePrefill()
-    dead = ServingError("the decode engine of this replica died", 503,
-                        code=ErrorCode.REPLICA_LOST)
-    decode = FakeDecode([[*_ids(0, 3)[:1], dead], _ids(1, 2)])
-    deltas = await _collect(_backend(prefill, decode), _request())
-    assert [d.token_ids for d in deltas] == [(0,), (1,), (2,)]
-
-
-@pytest.mark.parametrize("sampling, why", [
-    (SamplingSpec(max_tokens=3, temperature=0.8, seed=1), "random state"),
-    (SamplingSpec(max_tokens=3, frequency_penalty=0.5), "penalties"),
-])
-async def test_a_stream_that_cannot_continue_exactly_ends_with_an_error_saying_why(sampling, why):
-    prefill = FakePrefill()
-    decode = FakeDecode([[*_ids(0, 2)[:1], ReplicaGone("gone mid-stream")]])
-    backend = _backend(prefill, decode)
-    got: list[GenerationDelta] = []
-    with pytest.raises(ServingError) as info:
-        await _collect(backend, GenerationRequest("req", "coder", (5, 6, 7), sampling), got)
-
-    assert info.value.status_code == 503 and info.value.code == "replica_lost"
-    assert "gone mid-stream" in str(info.value) and why in str(info.value)
-    assert [d.text for d in got] == ["t0"]  # no token repeated by a retry
-    assert len(prefill.calls) == 1 and len(decode.calls) == 1
-    assert backend.retries == 0
-
-
-async def test_migrations_are_bounded_by_max_retries():
-    prefill = FakePrefill()
-    decode = FakeDecode([[*_ids(0, 9)[:1], ReplicaGone("a")], [*_ids(1, 8)[:1], ReplicaGone("b")],
-                         [*_ids(2, 7)[:1], ReplicaGone("c")]])
-    backend = _backend(prefill, decode, max_retries=2)
-    got: list[GenerationDelta] = []
-    with pytest.raises(ServingError) as info:
-        await _collect(backend, GenerationRequest("req", "coder", (5,), SamplingSpec(9)), got)
-    assert "serving replica lost: c (on each of 3 tries)" in str(info.value)
-    assert [d.token_ids for d in got] == [(0,), (1,), (2,)]
-    assert backend.retries_by_reason == {"migrated": 2}
-
-
-async def test_a_replica_lost_after_the_last_token_ends_the_stream_normally():
-    prefill = FakePrefill()
-    decode = FakeDecode([[*_ids(0, 2), ReplicaGone("gone after the end")]])
-    backend = _backend(prefill, decode)
-    deltas = await _collect(backend, _request())
-    assert [d.token_ids for d in deltas] == [(0,), (1,)]
-    assert len(decode.calls) == 1 and backend.retries == 0
 
 
 async def test_retries_exhausted():
@@ -324,10 +146,6 @@ async def test_a_stage_cut_short_by_the_request_deadline_is_named_request():
         await _collect(_backend(FakePrefill(["slow"]), FakeDecode(), timeouts), _request())
     assert info.value.code == "request_timeout"
     assert str(info.value).startswith("request timed out after 0.05s")
-
-
-def _kv_pull_failed() -> ServingError:
-    return ServingError("KV transfer from the prefill pool failed; retry", 503, code=ErrorCode.KV_PULL_FAILED)
 
 
 async def test_failed_kv_pull_releases_and_retries_with_a_fresh_prefill():
