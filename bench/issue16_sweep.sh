@@ -6,7 +6,9 @@
 # one report per pair of systems from the raw rows:
 #   bash bench/issue16_sweep.sh [OUT]          (DRY=1: print the steps, run nothing)
 #   PATTERN=reflexion bash bench/issue16_sweep.sh runs/issue16-reflexion
-# Not run yet as a whole (issue 16): each step is hours of this 2-core box's CPU.
+# The defaults are issue 6's workload (12 sessions of 4 turns): hours per step on this 2-core
+# box. SESSIONS, TURNS, LOADS, HIGH, KVS and KV_SYSTEMS scale it down; the run reported in
+# docs/benchmarks.md is bench/issue16_quick.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/issue16}
@@ -15,14 +17,17 @@ LOCK=/tmp/prefillshare-engines.lock
 export VLLM_HOST_IP=127.0.0.1
 # issue 6's model (bench/app_models.slim_bench_model: eight engines fit here).
 MODEL=${MODEL:-$($PY -c "from bench.app_models import slim_bench_model; print(slim_bench_model())" | tail -1)}
-COMMON=(--model "$MODEL" --roles planner,coder,tool,critic --sessions 12 --turns 4
+COMMON=(--model "$MODEL" --roles planner,coder,tool,critic --sessions "${SESSIONS:-12}"
+        --turns "${TURNS:-4}"
         --initial-context-tokens 1500 --observation-tokens 300 500 --output-tokens 8
         --max-model-len 4096 --decode-kv-cache-space-gib 0.25 --repeats "${REPEATS:-3}"
         --pattern "${PATTERN:-react}"
-        --max-run-s 1500 --request-timeout-s 900 --server-timeout-s 840)
+        --max-run-s "${MAX_RUN_S:-1500}" --request-timeout-s 900 --server-timeout-s 840)
 LOADS=${LOADS:-0.05:2,0.2:6,0.5:9,1:12}
 HIGH=${HIGH:-1:12}
 SYSTEMS=(baseline prefillshare prefillshare-lora vllm-lora)
+read -r -a KV_SYSTEMS <<< "${KV_SYSTEMS:-${SYSTEMS[*]}}"  # the KV sweep's systems
+read -r -a KVS <<< "${KVS:-0.125 0.5}"  # its prefill KV sizes (0.25 GiB: the load sweep)
 
 step() {  # step NAME ARGS...: one system, one lock acquisition
   local name=$1; shift
@@ -41,8 +46,8 @@ step() {  # step NAME ARGS...: one system, one lock acquisition
 for system in "${SYSTEMS[@]}"; do  # the load sweep at 0.25 GiB of prefill KV per engine
   step "load-$system" --topologies "$system" --kv-cache-space-gib 0.25 --loads "$LOADS"
 done
-for kv in 0.125 0.5; do  # the KV sweep at high load (0.25 GiB is in the load sweep)
-  for system in "${SYSTEMS[@]}"; do
+for kv in "${KVS[@]}"; do  # the KV sweep at high load (0.25 GiB is in the load sweep)
+  for system in "${KV_SYSTEMS[@]}"; do
     step "kv$kv-$system" --topologies "$system" --kv-cache-space-gib "$kv" --loads "$HIGH"
   done
 done
