@@ -114,8 +114,8 @@ def _pair(key: tuple[Any, ...], rb: dict[str, Any], rs: dict[str, Any]) -> dict[
         "total_tok_s_prefillshare": s["throughput"]["total_tok_s"],
         "ttft_p95_baseline_s": b["latency_s"]["ttft"]["p95"],
         "ttft_p95_prefillshare_s": s["latency_s"]["ttft"]["p95"],
-        # From each call's usage.cached_tokens (the prefill engine's own count), which
-        # covers every replica; GET /stats samples one replica per deployment.
+        # From each call's usage.cached_tokens (the prefill engine's own count per call),
+        # which the vllm-lora system reports too; it has no GET /stats.
         "hit_baseline": b["prefix_cache"]["usage_hit_ratio"],
         "hit_prefillshare": s["prefix_cache"]["usage_hit_ratio"],
         "hit_best": s["prefix_cache"]["theoretical_best_hit_ratio"],

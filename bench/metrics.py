@@ -6,8 +6,9 @@ Hit ratios come from three places and mean different things:
 - ``usage``: cached/prompt tokens as the API reported them per call (the prefill pool's prefix
   cache, as seen by each request);
 - ``engine``: the prefill engines' own prefix-cache counters (tokens hit / tokens looked up),
-  diffed over the run and summed over prefill deployments. GET /stats asks one replica per
-  deployment, so with several replicas per pool this covers only the one that answered;
+  diffed over the run and summed over prefill deployments and their live replicas (GET /stats
+  asks every replica; before issue 16 it asked one per deployment). A replica replaced during
+  the run restarts its counters, so the engine numbers hold for runs without replica deaths;
 - ``theoretical best``: for each call, the tokens of its prompt that an earlier prompt of the
   same session already held, rounded down to whole KV blocks and never the last prompt token
   (an engine must compute it), over all prompt tokens. Only token COUNTS are recorded, so the

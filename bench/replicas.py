@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from contract.wire import ReplicaProbe
-
-REPLICA_PREFIX = "SERVE_REPLICA::"
+from router_service.pool_stats import REPLICA_PREFIX, parse_replica_actor_name
 
 
 @dataclass(frozen=True)
@@ -36,12 +35,8 @@ class Replica:
 
 
 def parse_replica_name(name: str) -> Replica | None:
-    if not name.startswith(REPLICA_PREFIX):
-        return None
-    parts = name[len(REPLICA_PREFIX):].split("#")
-    if len(parts) != 3:
-        return None
-    return Replica(*parts)
+    parsed = parse_replica_actor_name(name)
+    return None if parsed is None else Replica(*parsed)
 
 
 def live_replicas(app: str) -> list[Replica]:

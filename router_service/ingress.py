@@ -8,6 +8,7 @@ router_service.api.build_api; this class only wires it to Serve.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -22,6 +23,7 @@ from router_service.guard import guard_from_config
 from router_service.metering import MeteredBackend, RequestMetricsMiddleware
 from router_service.metrics import IngressMetrics
 from router_service.pd_backend import Pool, PrefillShareBackend, StageTimeouts
+from router_service.pool_stats import deployment_stats
 from router_service.role_table import RoleTable, ServingFacts, resolve_roles
 from router_service.serve_clients import ServeDecodeClient, ServePrefillClient
 
@@ -91,13 +93,17 @@ class Ingress:
 
         @app.get("/stats")
         async def stats() -> dict[str, Any]:
-            """Per-engine counters (prefix-cache hits, KV transfers) of one replica per pool."""
+            """Engine counters (prefix-cache hits, KV transfers) per deployment, summed over
+            every live replica, each replica's own under ``replicas`` (pool_stats.py)."""
             out: dict[str, Any] = {"retries": self.backend.retries,
                                    "retries_by_reason": dict(self.backend.retries_by_reason),
                                    "prefill": {}, "decode": {}}
-            for kind, handles in (("prefill", self.prefill_handles), ("decode", self.decode_handles)):
-                for name, h in handles.items():
-                    out[kind][name] = await h.stats.remote()
+            pools = [(kind, name, h) for kind, handles in (("prefill", self.prefill_handles),
+                                                           ("decode", self.decode_handles))
+                     for name, h in handles.items()]
+            answers = await asyncio.gather(*(deployment_stats(h) for _, _, h in pools))
+            for (kind, name, _), answer in zip(pools, answers):
+                out[kind][name] = answer
             return out
 
         @app.get("/admin/roles")

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from bench.running_app import APP, running_app, tiny_engine, tiny_lora_adapter, tiny_models
+from bench.running_app import (
+    APP,
+    running_app,
+    tiny_engine,
+    tiny_lora_adapter,
+    tiny_models,
+    wait_for,
+)
 from routing.rendezvous import rendezvous_owner
 
 pytestmark = pytest.mark.slow
@@ -36,6 +43,10 @@ def _prefill_replicas() -> dict[str, str]:
     from bench.replicas import live_replicas
 
     return {r.replica_id: r.actor_name for r in live_replicas(APP) if r.deployment == "prefill-shared"}
+
+
+def _prefill_pool_stats(app) -> dict:
+    return app.stats()["prefill"]["prefill-shared"]
 
 
 def _call(app, role: str, messages: list[dict], session: str) -> tuple[str, int, int]:
@@ -74,6 +85,13 @@ def test_session_hits_prefix_cache_then_survives_replica_death(app):
     replicas = _prefill_replicas()
     assert len(replicas) == 2
     home = rendezvous_owner(session, list(replicas))
+    # GET /stats reads both replicas, not whichever one a handle call reaches: the session's
+    # cached tokens were all counted by its home replica, and the pool's sum includes them.
+    cached = sum(c for _, _, c in calls)
+    assert wait_for(lambda: _prefill_pool_stats(app)["prefix_hits"] >= cached, timeout_s=30)
+    pool = _prefill_pool_stats(app)
+    assert set(pool["replicas"]) == set(replicas) and pool["missing"] == []
+    assert pool["replicas"][home]["prefix_hits"] >= cached
     ray.kill(ray.get_actor(replicas[home], namespace="serve"), no_restart=True)
 
     # The session goes on: no failed call; the first call after the kill is cold on the
