@@ -159,7 +159,9 @@ def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench") -> l
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = [f"{r['rate']}/s\n≤{r['max_concurrent']}" for r in table]
+    several_kv = len({r.get("prefill_kv_gib") for r in table}) > 1  # a KV sweep's points
+    x = [f"{r['rate']}/s\n≤{r['max_concurrent']}"
+         + (f"\n{r.get('prefill_kv_gib')} GiB" if several_kv else "") for r in table]
     paths = []
     for base_key, ps_key, label, name in (
             ("p95_baseline_s", "p95_prefillshare_s", "p95 end-to-end latency per call (s)", "p95"),
