@@ -8,7 +8,7 @@
   prefillshare deploy   config.yaml   `serve deploy` to a running cluster, wait until RUNNING
   prefillshare roles list|add|remove  change a running app's roles (LoRA adapters), no restart
   prefillshare train | eval | study   decoder training, evaluation, method comparison
-  prefillshare bench run|compare|pd|routing|accuracy|start-cost   load, comparisons, accuracy
+  prefillshare bench run|compare|report|pd|routing|accuracy|start-cost   load, comparisons
   prefillshare render-k8s config.yaml KubeRay manifests (RayService, RayJob) into k8s/
   prefillshare push-dashboard         the Grafana dashboard and its Prometheus data source
   prefillshare fault | soak ...       reliability runs under load (fault injection, soak)
@@ -246,6 +246,8 @@ GROUPS = {
     "bench": {
         "run": Delegated("bench.run", "replay a multi-agent workload against a running app"),
         "compare": Delegated("bench.compare", "PrefillShare vs the per-model baseline, here"),
+        "report": Delegated("bench.v2_report", "Benchmark v2's tables and plots from a sweep's "
+                            "raw rows (into docs/benchmarks.md)"),
         "pd": Delegated("bench.pd_single_request", "single-request P/D timing, stage by stage"),
         "routing": Delegated("bench.routing_policies",
                              "prefill routing policies on real engines, one policy per run"),
