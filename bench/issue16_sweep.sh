@@ -29,20 +29,36 @@ SYSTEMS=(baseline prefillshare prefillshare-lora vllm-lora)
 read -r -a KV_SYSTEMS <<< "${KV_SYSTEMS:-${SYSTEMS[*]}}"  # the KV sweep's systems
 read -r -a KVS <<< "${KVS:-0.125 0.5}"  # its prefill KV sizes (0.25 GiB: the load sweep)
 
+sample_memory() {  # the box's memory in use (MemTotal - MemAvailable) every 20 s, by step
+  while true; do
+    awk -v t="$(date -u +%T)" -v s="$(cat "$OUT/.step" 2>/dev/null || echo idle)" \
+      '/MemTotal/{tot=$2} /MemAvailable/{av=$2} END{printf "%s %s %.2f\n", t, s, (tot-av)/1048576}' \
+      /proc/meminfo >> "$OUT/mem_in_use.txt"
+    sleep 20
+  done
+}
+
 step() {  # step NAME ARGS...: one system, one lock acquisition
   local name=$1; shift
   if [ -s "$OUT/$name/done" ]; then echo "[sweep] $name: done already"; return 0; fi
   if [ -n "${DRY:-}" ]; then echo "[sweep] $name: $PY -m bench.compare ${COMMON[*]} $*"; return 0; fi
   mkdir -p "$OUT/$name"
+  echo "$name" > "$OUT/.step"
   echo "[sweep] $name: waiting for the exclusive engine lock ($(date -u +%T))"
   flock -x "$LOCK" timeout "${STEP_TIMEOUT:-14400}" "$PY" -m bench.compare "${COMMON[@]}" \
     --out-dir "$OUT/$name" "$@" > "$OUT/$name/log.txt" 2>&1
   local rc=$?
   echo "[sweep] $name: rc $rc ($(date -u +%T))"
   [ $rc -eq 0 ] && date -u > "$OUT/$name/done"
+  echo idle > "$OUT/.step"
   return 0
 }
 
+if [ -z "${DRY:-}" ]; then
+  mkdir -p "$OUT"
+  sample_memory & SAMPLER=$!
+  trap 'kill $SAMPLER 2>/dev/null' EXIT
+fi
 for system in "${SYSTEMS[@]}"; do  # the load sweep at 0.25 GiB of prefill KV per engine
   step "load-$system" --topologies "$system" --kv-cache-space-gib 0.25 --loads "$LOADS"
 done
@@ -52,13 +68,5 @@ for kv in "${KVS[@]}"; do  # the KV sweep at high load (0.25 GiB is in the load 
   done
 done
 [ -n "${DRY:-}" ] && exit 0
-rows=$(ls "$OUT"/*/results.json 2>/dev/null)
-[ -z "$rows" ] && { echo "[sweep] no rows yet"; exit 1; }
-for pair in baseline:prefillshare vllm-lora:prefillshare-lora vllm-lora:prefillshare \
-            baseline:prefillshare-lora; do
-  base=${pair%%:*}; ps=${pair##*:}
-  # shellcheck disable=SC2086
-  $PY -m bench.compare --from-results $rows --out-dir "$OUT/report" \
-      --prefix "v2_${ps}_vs_${base}" --baseline-label "$base" --prefillshare-label "$ps"
-done
-echo "[sweep] reports in $OUT/report"
+$PY -m bench.v2_report "$OUT" --out-dir "$OUT/report"
+echo "[sweep] reports in $OUT/report (into docs: python -m bench.v2_report $OUT --doc docs/benchmarks.md)"

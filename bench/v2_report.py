@@ -4,8 +4,9 @@ sweep wrote (OUT/<step>/results.json, committed): one command, no hand-assembled
     python -m bench.v2_report runs/issue16/quick --doc docs/benchmarks.md
 
 Writes, into --out-dir: per pair of systems the paired-ratio table, its JSON and plots
-(bench/compare.py's report: ratios per repeat, then the median with min-max), and one table
-of every system's own numbers per point. With --doc, each generated table replaces the text
+(bench/compare.py's report: ratios per repeat, then the median with min-max), one table
+of every system's own numbers per point, and the box's memory in use per step (the sweep's
+OUT/mem_in_use.txt). With --doc, each generated table replaces the text
 between the markers ``<!-- v2:NAME -->`` and ``<!-- /v2:NAME -->`` in that file.
 """
 
@@ -82,6 +83,26 @@ def systems_table(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def box_memory(samples_text: str, rows: list[dict[str, Any]]) -> str:
+    """The box's memory in use (MemTotal - MemAvailable: every process, Ray's own included,
+    each shared page once) while each step's system was up, from the sweep's 20 s samples
+    (``time step GiB`` lines); a markdown table, one line per step."""
+    by_step: dict[str, list[float]] = defaultdict(list)
+    for line in samples_text.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            by_step[parts[1].rstrip(":")].append(float(parts[2]))
+    systems = {r["sweep_step"]: (r["topology"], r.get("prefill_kv_gib")) for r in rows}
+    out = ["| step | system | prefill KV GiB | samples | peak GiB in use | median GiB in use |",
+           "|" + "---|" * 6]
+    for step in sorted(by_step, key=lambda name: (name not in systems, name)):
+        values = sorted(by_step[step])
+        system, kv = systems.get(step, ("-", "-"))
+        out.append(f"| {step} | {system} | {kv} | {len(values)} | {values[-1]:.1f} "
+                   f"| {values[len(values) // 2]:.1f} |")
+    return "\n".join(out) + "\n"
+
+
 def splice(doc: str, name: str, content: str) -> str:
     """``doc`` with the text between ``<!-- v2:name -->`` and ``<!-- /v2:name -->`` replaced."""
     pattern = re.compile(rf"(<!-- v2:{re.escape(name)} -->\n).*?(<!-- /v2:{re.escape(name)} -->)",
@@ -91,11 +112,15 @@ def splice(doc: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content + m.group(2), doc, count=1)
 
 
-def generate(rows: list[dict[str, Any]], out_dir: Path, prefix: str) -> dict[str, str]:
+def generate(rows: list[dict[str, Any]], out_dir: Path, prefix: str,
+             memory_samples: str | None = None) -> dict[str, str]:
     """Writes every table's files; returns {marker name: markdown}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {"systems": systems_table(system_lines(rows))}
     (out_dir / f"{prefix}_systems.md").write_text(tables["systems"])
+    if memory_samples is not None:
+        tables["memory"] = box_memory(memory_samples, rows)
+        (out_dir / f"{prefix}_memory.md").write_text(tables["memory"])
     present = {r["topology"] for r in rows}
     for base, ps in PAIRS:
         if {base, ps} <= present:
@@ -118,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no rows under {a.rows_dir}/*/results.json", file=sys.stderr)
         return 2
-    tables = generate(rows, a.out_dir, a.prefix)
+    samples = a.rows_dir / "mem_in_use.txt"
+    tables = generate(rows, a.out_dir, a.prefix,
+                      samples.read_text() if samples.exists() else None)
     print(f"[v2_report] {len(rows)} rows -> {', '.join(sorted(tables))} in {a.out_dir}")
     if a.doc is not None:
         doc = a.doc.read_text()

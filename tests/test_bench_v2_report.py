@@ -63,5 +63,17 @@ def test_one_command_writes_every_table_and_fills_the_doc(tmp_path: Path):
     assert ratios[0]["repeats"] == 3 and ratios[0]["p95_ratio"] > 1
 
 
+def test_box_memory_per_step_names_its_system(tmp_path: Path):
+    from bench.v2_report import box_memory, load_rows
+
+    rows = load_rows(_sweep(tmp_path))
+    samples = ("12:00:00 idle 0.90\n12:00:20 load-baseline 18.00\n12:00:40 load-baseline 20.50\n"
+               "12:01:00 load-baseline: 19.00\n12:01:20 load-prefillshare 17.25\nbad line\n")
+    table = box_memory(samples, rows)
+    assert "| load-baseline | baseline | 0.25 | 3 | 20.5 | 19.0 |" in table
+    assert "| load-prefillshare | prefillshare | 0.25 | 1 | 17.2 | 17.2 |" in table
+    assert table.strip().endswith("| idle | - | - | 1 | 0.9 | 0.9 |")
+
+
 def test_no_rows_is_a_usage_error(tmp_path: Path):
     assert main([str(tmp_path)]) == 2
