@@ -68,8 +68,8 @@ def _system_rank(name: str) -> tuple[int, str]:
 
 def systems_table(lines: list[dict[str, Any]]) -> str:
     out = ["| load | prefill KV GiB | system | repeats | p50 (s) | p95 (s) | TTFT p95 (s) "
-           "| output tok/s | hit (best) | calls done | failed | RSS GiB | tok/s per GiB |",
-           "|" + "---|" * 13]
+           "| output tok/s | hit | best | calls done | failed | RSS GiB | tok/s per GiB |",
+           "|" + "---|" * 14]
     for r in lines:
         def cell(key: str, fmt: str, line: dict[str, Any] = r) -> str:
             return with_spread(line, key, fmt)
@@ -78,7 +78,7 @@ def systems_table(lines: list[dict[str, Any]]) -> str:
             f"| {r['rate']}/s ≤{r['max_concurrent']} | {r['prefill_kv_gib']} | {r['topology']} "
             f"| {r['repeats']} | {cell('p50_s', '.2f')} | {cell('p95_s', '.2f')} "
             f"| {cell('ttft_p95_s', '.2f')} | {cell('tput', '.2f')} "
-            f"| {cell('hit', '.2f')} ({cell('best', '.2f')}) | {cell('completed', 'g')} "
+            f"| {cell('hit', '.2f')} | {cell('best', '.2f')} | {cell('completed', 'g')} "
             f"| {r['errors']} | {cell('rss_gib', '.1f')} | {cell('tput_per_gib', '.2f')} |")
     return "\n".join(out) + "\n"
 
