@@ -151,9 +151,10 @@ def _mib_per_call(kv: dict[str, Any]) -> float | None:
     return None if mean is None else mean / (1 << 20)
 
 
-def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench") -> list[Path]:
+def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench",
+         labels: tuple[str, str] = ("baseline (per-model P/D)", "PrefillShare")) -> list[Path]:
     """p95 latency (Fig. 3 shape), throughput (Fig. 4 shape) and hit ratio vs load; the
-    median over repeats, with min..max shaded."""
+    median over repeats, with min..max shaded. ``labels``: the two systems' legend names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,8 +169,7 @@ def plot(table: list[dict[str, Any]], out_dir: Path, prefix: str = "bench") -> l
             ("tput_baseline", "tput_prefillshare", "output tokens/s", "throughput"),
             ("hit_baseline", "hit_prefillshare", "prefill prefix-cache hit ratio", "hit_ratio")):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for key, style, label_ in ((base_key, "o-", "baseline (per-model P/D)"),
-                                   (ps_key, "s-", "PrefillShare")):
+        for key, style, label_ in ((base_key, "o-", labels[0]), (ps_key, "s-", labels[1])):
             line, = ax.plot(x, [r[key] for r in table], style, label=label_)
             spread = [(r.get("spread") or {}).get(key) for r in table]
             if any(s_ is not None for s_ in spread):  # repeats: shade min..max
@@ -228,7 +228,9 @@ def report(rows: list[dict[str, Any]], out_dir: Path, prefillshare: str = "prefi
     table = ratios(rows, baseline=baseline, prefillshare=prefillshare)
     (out_dir / f"{prefix}_ratios.json").write_text(json.dumps(table, indent=2))
     if table:
-        plot(table, out_dir, prefix)
+        names = {"baseline": "baseline (per-model P/D)", "prefillshare": "PrefillShare"}
+        plot(table, out_dir, prefix, (names.get(baseline, baseline),
+                                      names.get(prefillshare, prefillshare)))
     text = markdown_table(table)
     (out_dir / f"{prefix}_summary.md").write_text(text)
     return text
