@@ -1,9 +1,11 @@
 """GET /stats for a pool of several replicas: every live replica's engine counters, and their
 sum per deployment.
 
-A Serve handle call reaches one replica, so the ingress asks each replica by id: it lists the
-deployment's live replicas from their Ray actor names (``SERVE_REPLICA::<app>#<deployment>#<id>``)
-and pins one ``ReplicaProbe`` to each (the request router honours the target). Before this, /stats
+A Serve handle call reaches one replica, so the ingress asks each replica's actor directly: it
+lists the deployment's live replicas from their Ray actor names
+(``SERVE_REPLICA::<app>#<deployment>#<id>``) and calls each one's ``record_routing_stats``
+(which carries the engine's full report). Pinned handle probes were tried first: from inside
+the ingress they waited in Serve's router until a 10 s timeout. Before this, /stats
 read whichever replica the router picked: with four prefill replicas, a quarter of the tokens.
 """
 
@@ -14,7 +16,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from contract.wire import ReplicaProbe
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +72,29 @@ def _live_actor_names() -> list[str]:
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
 
 
+async def _replica_report(app: str, deployment: str, rid: str) -> dict[str, Any]:
+    """The replica actor's own answer (its record_routing_stats, with the engine's report):
+    a direct actor call, so no request router is in the way of reaching THIS replica."""
+    import ray
+
+    actor = await asyncio.to_thread(ray.get_actor, f"{REPLICA_PREFIX}{app}#{deployment}#{rid}",
+                                    namespace="serve")
+    return (await actor.record_routing_stats.remote())["report"]
+
+
 async def deployment_stats(handle: Any, timeout_s: float = 10.0) -> dict[str, Any]:
     """Every live replica of the handle's deployment, asked at once; a replica that does not
     answer within ``timeout_s`` (dying, or busy starting its engine) is listed as missing."""
     names = await asyncio.to_thread(_live_actor_names)
-    ids = replica_ids(names, handle.app_name, handle.deployment_name)
-
-    async def ask(rid: str) -> dict[str, Any]:
-        return await asyncio.wait_for(handle.stats.remote(ReplicaProbe.of(rid)), timeout_s)
-
-    answers = await asyncio.gather(*(ask(rid) for rid in ids), return_exceptions=True)
+    app, deployment = handle.app_name, handle.deployment_name
+    ids = replica_ids(names, app, deployment)
+    answers = await asyncio.gather(
+        *(asyncio.wait_for(_replica_report(app, deployment, rid), timeout_s) for rid in ids),
+        return_exceptions=True)
     reports, missing = {}, []
     for rid, answer in zip(ids, answers):
         if isinstance(answer, BaseException):
-            log.warning("stats: replica %s of %s did not answer: %r", rid,
-                        handle.deployment_name, answer)
+            log.warning("stats: replica %s of %s did not answer: %r", rid, deployment, answer)
             missing.append(rid)
         else:
             reports[rid] = answer

@@ -43,33 +43,30 @@ def test_merge_of_no_answer_is_zero_not_an_error():
     assert merged["prefix_hit_ratio"] == 0.0 and merged["replicas"] == {}
 
 
-class _Method:
-    def __init__(self, answers: dict[str, dict | None]) -> None:
-        self.answers = answers
-
-    def remote(self, probe):
-        answer = self.answers[probe.route.target_replica]
-
-        async def respond():
-            if answer is None:  # a replica that never answers (dying, or still starting)
-                await asyncio.sleep(3600)
-            return answer
-        return respond()
-
-
 class _Handle:
     app_name, deployment_name = "ps", "prefill-shared"
 
-    def __init__(self, answers: dict[str, dict | None]) -> None:
-        self.stats = _Method(answers)
+
+def _fake_replicas(monkeypatch, answers: dict[str, dict | None]) -> list[tuple[str, str, str]]:
+    """Each replica actor answers its report, or never (dying, or still starting)."""
+    asked = []
+
+    async def report(app: str, deployment: str, rid: str) -> dict:
+        asked.append((app, deployment, rid))
+        if answers[rid] is None:
+            await asyncio.sleep(3600)
+        return answers[rid]
+    monkeypatch.setattr(pool_stats, "_live_actor_names", lambda: NAMES)
+    monkeypatch.setattr(pool_stats, "_replica_report", report)
+    return asked
 
 
 def test_every_live_replica_is_asked_and_a_silent_one_is_listed_missing(monkeypatch):
-    monkeypatch.setattr(pool_stats, "_live_actor_names", lambda: NAMES)
-    handle = _Handle({"a1": _report(5, 10, 0.1, 1), "b2": None})
-    merged = asyncio.run(pool_stats.deployment_stats(handle, timeout_s=0.2))
+    asked = _fake_replicas(monkeypatch, {"a1": _report(5, 10, 0.1, 1), "b2": None})
+    merged = asyncio.run(pool_stats.deployment_stats(_Handle(), timeout_s=0.2))
+    assert sorted(asked) == [("ps", "prefill-shared", "a1"), ("ps", "prefill-shared", "b2")]
     assert merged["prefix_queries"] == 10 and set(merged["replicas"]) == {"a1"}
     assert merged["missing"] == ["b2"]
-    handle = _Handle({"a1": _report(5, 10, 0.1, 1), "b2": _report(7, 20, 0.3, 2)})
-    merged = asyncio.run(pool_stats.deployment_stats(handle, timeout_s=5))
+    _fake_replicas(monkeypatch, {"a1": _report(5, 10, 0.1, 1), "b2": _report(7, 20, 0.3, 2)})
+    merged = asyncio.run(pool_stats.deployment_stats(_Handle(), timeout_s=5))
     assert merged["prefix_queries"] == 30 and merged["missing"] == []

@@ -49,16 +49,21 @@ class EngineServer:
         return await self.engine.all_blocks_free()
 
     async def stats(self, probe: ReplicaProbe = ReplicaProbe()) -> dict[str, Any]:
+        return self.report()
+
+    def report(self) -> dict[str, Any]:
         return {"pool": self.pool, "inflight": self.inflight, "refused": self.refused,
                 "replica": replica_unique_id(),
                 **self.engine.report()}
 
     def record_routing_stats(self) -> dict[str, Any]:
-        """Published to the request router every request_routing_stats_period_s."""
+        """Published to the request router every request_routing_stats_period_s. Serve's
+        replica actor also answers it when called directly, which is how GET /stats reads
+        every replica's full report (router_service/pool_stats.py)."""
         c = self.engine.counters
         return {"inflight": self.inflight, "kv_cache_usage": c.kv_cache_usage,
                 "waiting": c.waiting, "prefix_hit_ratio": c.prefix_hit_ratio,
-                "requests_finished": self.engine.requests_finished}
+                "requests_finished": self.engine.requests_finished, "report": self.report()}
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
