@@ -16,7 +16,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 REPLICA_PREFIX = "SERVE_REPLICA::"
@@ -44,8 +43,8 @@ def replica_ids(actor_names: Iterable[str], app: str, deployment: str) -> list[s
 def merge_replica_reports(reports: Mapping[str, dict[str, Any]],
                           missing: Iterable[str] = ()) -> dict[str, Any]:
     """One deployment's counters: numbers summed over its replicas (kv_cache_usage averaged,
-    start_s the largest, the hit ratio recomputed from the sums), each replica's own report under ``replicas`` and
-    the ids that did not answer under ``missing``."""
+    start_s the largest, the hit ratio recomputed from the sums), each replica's own report
+    under ``replicas`` and the ids that did not answer under ``missing``."""
     merged: dict[str, Any] = {}
     numbers: dict[str, list[float]] = {}
     for report in reports.values():
